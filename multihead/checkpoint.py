@@ -1,0 +1,187 @@
+"""One ``.safetensors`` file per model: metadata first, tensors second, nothing ever unpickled.
+
+The header (string -> string, structured values as JSON) is read and checked before any tensor is
+touched, so an incompatible file fails with one sentence naming the mismatch. A trunk with published
+weights (a torchvision weights id) is referenced by id and fingerprint; any other trunk is embedded.
+Writes go to a temporary file in the same folder and are renamed into place, so an interrupted save
+leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .model import MultiHeadModel
+from .preprocessing import Preprocessing
+from .taxonomy import Taxonomy
+from .trunk import create_trunk, fingerprint_state_dict
+
+__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_header", "save"]
+
+FORMAT = "multihead"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit; the message names the file and the mismatch."""
+
+
+def _trunk_state_as_stored(model: MultiHeadModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
+            for k, v in model.trunk.network.state_dict().items()}
+
+
+def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | None = None,
+         trunk_dtype: str = "float32") -> None:
+    """Write ``model`` to ``path`` atomically.
+
+    Args:
+        embed_trunk: store the trunk's weights in the file. Default: only when the trunk has no
+            published weights id (a local file, random init, ...).
+        trunk_dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for an embedded trunk (smaller
+            files; the stored fingerprint is that of the rounded weights, which loading restores).
+    """
+    if trunk_dtype not in _DTYPES:
+        raise ValueError(f"trunk_dtype must be one of {sorted(_DTYPES)}, got {trunk_dtype!r}")
+    trunk = model.trunk
+    embed = trunk.weights_id is None if embed_trunk is None else embed_trunk
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+               if not k.startswith("trunk.")}
+    fingerprint = trunk.fingerprint
+    if embed:
+        stored = _trunk_state_as_stored(model, _DTYPES[trunk_dtype])
+        fingerprint = fingerprint_state_dict(_restore_dtypes(stored, model.trunk.network.state_dict()))
+        tensors.update({f"trunk.{k}": v for k, v in stored.items()})
+    trunk_spec = {**trunk.spec(), "fingerprint": fingerprint, "embedded": embed, "stored_dtype": trunk_dtype}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "taxonomy": model.taxonomy.to_json(),
+        "trunk": json.dumps(trunk_spec, sort_keys=True),
+        "preprocessing": model.preprocessing.to_json(),
+        "metadata": json.dumps(model.metadata, sort_keys=True, default=str),
+    }
+    _atomic_save(tensors, metadata, Path(path))
+
+
+def _restore_dtypes(stored: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(reference[k].dtype) if k in reference else v for k, v in stored.items()}
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a checkpoint's metadata without loading tensors.
+
+    Returns a dict with ``taxonomy`` (:class:`Taxonomy`), ``trunk`` (dict), ``preprocessing``
+    (:class:`Preprocessing`), ``metadata`` (dict), ``format_version`` (int) and ``keys`` (tensor names).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            raw = reader.metadata() or {}
+            keys = list(reader.keys())
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a multihead checkpoint (no 'format': 'multihead' in its metadata)")
+    try:
+        version = int(raw.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path}: format_version {raw.get('format_version')!r} is not an integer") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: written in checkpoint format {version}, this multihead reads up to {FORMAT_VERSION}; "
+            "upgrade multihead"
+        )
+    try:
+        return {
+            "format_version": version,
+            "taxonomy": Taxonomy.from_json(raw["taxonomy"]),
+            "trunk": json.loads(raw["trunk"]),
+            "preprocessing": Preprocessing.from_json(raw["preprocessing"]),
+            "metadata": json.loads(raw.get("metadata", "{}")),
+            "keys": keys,
+        }
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> MultiHeadModel:
+    """Load a model saved with :meth:`MultiHeadModel.save`, checking everything before trusting it.
+
+    Raises:
+        CheckpointError: not a multihead file, a newer format, damaged metadata, tensors that do not fit
+            the taxonomy, or a trunk whose weights do not match the recorded fingerprint.
+    """
+    path = Path(path)
+    header = read_header(path)
+    spec = header["trunk"]
+    try:
+        name, fingerprint, embedded = spec["name"], spec["fingerprint"], bool(spec["embedded"])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: trunk metadata lacks {err}") from None
+    if embedded:
+        trunk = create_trunk(name, weights=None)
+    else:
+        weights = "imagenet" if spec.get("source") == "timm" else spec.get("weights_id")
+        trunk = create_trunk(name, weights=weights)
+    model = MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"])
+    expected = model.state_dict()
+    heads = {k: v for k, v in expected.items() if not k.startswith("trunk.")}
+    trunk_keys = {f"trunk.{k}": v for k, v in trunk.network.state_dict().items()} if embedded else {}
+    _check_keys(path, header["keys"], {**heads, **trunk_keys})
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            head_state = {k: reader.get_tensor(k) for k in heads}
+            trunk_state = {k[len("trunk."):]: reader.get_tensor(k).to(v.dtype) for k, v in trunk_keys.items()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: tensors cannot be read, the file may be truncated ({err})") from None
+    for key, tensor in head_state.items():
+        if tensor.shape != heads[key].shape:
+            raise CheckpointError(
+                f"{path}: tensor {key} has shape {tuple(tensor.shape)} but the taxonomy in its metadata needs "
+                f"{tuple(heads[key].shape)}"
+            )
+    if embedded:
+        trunk.load_weights(trunk_state)
+    if trunk.fingerprint != fingerprint:
+        raise CheckpointError(
+            f"{path}: trunk {name!r} weights have fingerprint {trunk.fingerprint[:12]}..., the checkpoint was "
+            f"trained on {fingerprint[:12]}...; its heads do not fit these trunk weights"
+        )
+    model.load_state_dict(head_state, strict=False)  # the trunk is loaded and verified above
+    model.metadata = header["metadata"]
+    return model.to(device).eval()
+
+
+def _check_keys(path: Path, found: list[str], expected: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: tensors do not match its metadata: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )

@@ -1,0 +1,143 @@
+"""The ``multihead`` command: a thin typer layer over the library.
+
+Exit codes: 0 everything worked; 1 an error stopped the command (one line on stderr says why);
+2 the command line was wrong; 3 the command ran but some inputs failed (listed in the output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from .images import IMAGE_EXTENSIONS
+
+app = typer.Typer(
+    name="multihead",
+    help="One frozen trunk, a router over organs and a subtype head per organ: classify in one forward pass.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Checkpoint (.safetensors). Default: $MULTIHEAD_MODEL, then the bundled model."),
+]
+
+
+def _library_errors(func: _F) -> _F:
+    """Turn the library's plain errors into one line on stderr and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:  # click's Exit is a RuntimeError: let it through untouched
+            raise
+        except (ValueError, TypeError, RuntimeError, OSError) as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def expand_inputs(inputs: list[Path]) -> Iterator[Path]:
+    """Files as given; folders walked recursively (sorted) for image files, hidden entries skipped."""
+    for item in inputs:
+        if item.is_dir():
+            for root, dirs, files in os.walk(item, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                        yield Path(root) / name
+        else:
+            yield item
+
+
+@app.command()
+@_library_errors
+def classify(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    model: ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Show the K most probable subtypes.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Classify images: organ and subtype from one forward pass. Unreadable files are listed, not fatal."""
+    from .inference import InferenceConfig, classify_files, resolve_model
+
+    resolved = resolve_model(model).to(device)
+    results = classify_files(expand_inputs(inputs), resolved, config=InferenceConfig(batch_size=batch_size))
+    columns = [Column("file", overflow="fold"), "organ", "P(organ)", "subtype", "P(subtype)"]
+    table = Table(*columns, *(["top subtypes"] if top_k > 1 else []))
+    seen = failed = 0
+    for result in results:
+        seen += 1
+        failed += result.error is not None
+        prediction = result.prediction
+        if as_json:
+            record = result.to_dict()
+            if prediction is not None and top_k > 1:
+                record["top_k"] = prediction.top_k(top_k)
+            typer.echo(json.dumps(record))
+        elif prediction is None:
+            table.add_row(result.path, "[red]error[/]", "", result.error or "", "")
+        else:
+            extra = [", ".join(f"{s} {p:.2f}" for s, p in prediction.top_k(top_k))] if top_k > 1 else []
+            table.add_row(result.path, prediction.organ, f"{prediction.organ_probability:.3f}",
+                          prediction.subtype, f"{prediction.subtype_probability:.3f}", *extra)
+    if not as_json:
+        console.print(table)
+    if seen == 0:
+        err_console.print("[bold red]error:[/] no image files found in the given inputs")
+        raise typer.Exit(EXIT_ERROR)
+    if failed:
+        err_console.print(f"{failed} of {seen} files could not be classified (listed above)")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+@_library_errors
+def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: the default model.")] = None) -> None:
+    """Describe a checkpoint (taxonomy, trunk, preprocessing, training) without loading its tensors."""
+    from .checkpoint import read_header
+    from .inference import MODEL_ENV, default_model_path
+
+    path = model or os.environ.get(MODEL_ENV) or default_model_path()
+    if path is None:
+        raise ValueError("no model given and no default model is installed; pass a checkpoint path")
+    header = read_header(path)
+    trunk, taxonomy = header["trunk"], header["taxonomy"]
+    console.print(f"[bold]{path}[/] (checkpoint format {header['format_version']})")
+    console.print(f"trunk: {trunk['name']} ({trunk.get('source')}), weights "
+                  f"{trunk.get('weights_id') or 'embedded'}, fingerprint {trunk['fingerprint'][:16]}..., "
+                  f"{trunk['num_features']} features")
+    console.print(f"preprocessing: {header['preprocessing'].describe()}")
+    table = Table("organ", "display name", "subtypes")
+    for organ in taxonomy.organs:
+        table.add_row(organ.name, organ.display_name, ", ".join(organ.subtype_names))
+    console.print(table)
+    metadata = header["metadata"]
+    if metadata.get("available_organs"):
+        console.print(f"answers only: {', '.join(metadata['available_organs'])}")
+    for key in ("training", "metrics"):
+        if key in metadata:
+            console.print(f"{key}: {json.dumps(metadata[key])[:2000]}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console script entry point
+    app()

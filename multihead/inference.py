@@ -1,0 +1,247 @@
+"""From inputs to :class:`Prediction` objects: batching, the device, precision, and ``classify``.
+
+Images are decoded and resized on the CPU as uint8, cross to the device as uint8, and are normalised
+there; the trunk may run in reduced precision, the heads always run in float32.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .images import ImageError, ImageInput, describe_input
+from .model import HeadOutput, MultiHeadModel
+
+__all__ = [
+    "FileResult",
+    "InferenceConfig",
+    "ModelInput",
+    "Prediction",
+    "classify",
+    "classify_files",
+    "default_model_path",
+    "predict_batch",
+    "resolve_model",
+    "run_batch",
+]
+
+ModelInput = MultiHeadModel | str | os.PathLike | None
+MODEL_ENV = "MULTIHEAD_MODEL"
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How batches run. ``precision`` applies to the trunk only (autocast); heads stay float32."""
+
+    batch_size: int = 64
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer. ``subtype_probability`` and ``probabilities`` are joint: P(organ) * P(subtype | organ)."""
+
+    organ: str
+    organ_probability: float
+    subtype: str
+    subtype_probability: float
+    probabilities: dict[str, float] = field(repr=False)
+    organ_probabilities: dict[str, float] = field(repr=False)
+    source: str | None = None
+
+    def top_k(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable subtypes with their joint probabilities."""
+        return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "organ": self.organ,
+            "organ_probability": self.organ_probability,
+            "subtype": self.subtype,
+            "subtype_probability": self.subtype_probability,
+            "organ_probabilities": dict(self.organ_probabilities),
+            "probabilities": dict(self.probabilities),
+        }
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """A file's outcome in a folder run: a prediction, or the reason it was skipped."""
+
+    path: str
+    prediction: Prediction | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        if self.prediction is None:
+            return {"source": self.path, "error": self.error}
+        return {**self.prediction.to_dict(), "source": self.path, "error": None}
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+def default_model_path() -> Path | None:
+    """The model shipped inside the package, if this installation has one."""
+    candidate = resources.files("multihead") / "weights" / "default.safetensors"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> MultiHeadModel:
+    from .checkpoint import load
+
+    return load(path)
+
+
+def resolve_model(model: ModelInput = None) -> MultiHeadModel:
+    """A model object, a checkpoint path, or ``None``: ``$MULTIHEAD_MODEL``, then the bundled default."""
+    if isinstance(model, MultiHeadModel):
+        return model
+    if model is None:
+        model = os.environ.get(MODEL_ENV) or default_model_path()
+        if model is None:
+            raise ValueError(
+                "no model given and no default model is installed: pass model='path/to/model.safetensors', "
+                f"set {MODEL_ENV}, or train one with `multihead train DATA_DIR --out model.safetensors`"
+            )
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model).resolve()
+        if not path.is_file():
+            raise ValueError(f"{model}: model checkpoint does not exist")
+        stat = path.stat()
+        return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+    raise TypeError(f"model must be a MultiHeadModel, a checkpoint path or None, got {type(model).__name__}")
+
+
+# --- batches ----------------------------------------------------------------------------------------
+
+def run_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfig = InferenceConfig()) -> HeadOutput:
+    """A uint8 batch ``[B, 3, S, S]`` (any device) -> :class:`HeadOutput`, under ``inference_mode``."""
+    if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 batch of shape [B, 3, S, S], got {batch.dtype} {tuple(batch.shape)}")
+    if batch.shape[0] == 0:
+        raise ValueError("empty batch: at least one image is needed")
+    device = model.device
+    with torch.inference_mode():
+        images = model.preprocessing.normalize(batch.to(device, non_blocking=True))
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            features = model.forward_features(images)
+        return model.forward_heads(features.float())
+
+
+def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfig = InferenceConfig(),
+                  sources: Sequence[str | None] | None = None) -> list[Prediction]:
+    """A uint8 batch -> one :class:`Prediction` per image."""
+    output = run_batch(model, batch, config)
+    organ_index, subtype_index = model.decide(output)
+    joint = output.joint_probs.double().cpu()
+    organ_probs = torch.zeros(joint.shape[0], model.taxonomy.num_organs, dtype=joint.dtype)
+    organ_probs.index_add_(1, model._subtype_organ.cpu(), joint)
+    organs, subtypes = model.taxonomy.organ_names, model.taxonomy.subtype_names
+    predictions = []
+    for row, (o, s) in enumerate(zip(organ_index.tolist(), subtype_index.tolist())):
+        predictions.append(Prediction(
+            organ=organs[o], organ_probability=float(organ_probs[row, o]),
+            subtype=subtypes[s], subtype_probability=float(joint[row, s]),
+            probabilities=dict(zip(subtypes, joint[row].tolist())),
+            organ_probabilities=dict(zip(organs, organ_probs[row].tolist())),
+            source=None if sources is None else sources[row],
+        ))
+    return predictions
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *,
+             batch_size: int | None = None, device: str | torch.device | None = None,
+             config: InferenceConfig | None = None) -> Prediction | list[Prediction]:
+    """Classify one image or a list of images in one forward pass each batch.
+
+    Args:
+        img: a path, ``PIL.Image``, numpy array (HxW or HxWxC uint8), torch tensor (CxHxW), or a list.
+        model: a loaded model, a checkpoint path, or ``None`` for ``$MULTIHEAD_MODEL`` / the default model.
+        batch_size: images per forward pass for lists (default from ``config``).
+        device: move the model there first (default: where it is).
+
+    Returns:
+        A :class:`Prediction`, or a list of them for a list input.
+
+    Raises:
+        ImageError: an input is not a readable image (the message names it).
+
+    Example:
+        >>> prediction = multihead.classify("slide.jpg", model="model.safetensors")  # doctest: +SKIP
+        >>> prediction.organ, prediction.subtype
+        ('lung_colon', 'lung_aca')
+    """
+    resolved = resolve_model(model)
+    if device is not None:
+        resolved = resolved.to(device)
+    config = config or InferenceConfig()
+    if batch_size is not None:
+        config = InferenceConfig(batch_size=batch_size, precision=config.precision, channels_last=config.channels_last)
+    single = not isinstance(img, (list, tuple))
+    items = [img] if single else list(img)
+    if not items:
+        return []
+    predictions: list[Prediction] = []
+    for chunk in _chunks(items, config.batch_size):
+        batch = torch.stack([resolved.preprocessing.load(item) for item in chunk])
+        sources = [describe_input(item) if isinstance(item, (str, os.PathLike)) else None for item in chunk]
+        predictions.extend(predict_batch(resolved, batch, config, sources))
+    return predictions[0] if single else predictions
+
+
+def classify_files(paths: Iterable[str | os.PathLike], model: ModelInput = None, *,
+                   config: InferenceConfig | None = None) -> Iterator[FileResult]:
+    """Classify files a batch at a time, in order. A file that cannot be read becomes a
+    :class:`FileResult` with an ``error`` and the run goes on."""
+    resolved = resolve_model(model)
+    config = config or InferenceConfig()
+    pending: list[tuple[str, torch.Tensor | None, str | None]] = []
+
+    def flush() -> Iterator[FileResult]:
+        good = [(name, tensor) for name, tensor, _ in pending if tensor is not None]
+        predicted = {}
+        if good:
+            batch = torch.stack([tensor for _, tensor in good])
+            names = [name for name, _ in good]
+            predicted = dict(zip(names, predict_batch(resolved, batch, config, names)))
+        for name, _, error in pending:
+            yield FileResult(name, error=error) if error else FileResult(name, predicted[name])
+        pending.clear()
+
+    loaded = 0
+    for path in paths:
+        name = os.fsdecode(path)
+        try:
+            pending.append((name, resolved.preprocessing.load(path), None))
+            loaded += 1
+        except ImageError as err:
+            pending.append((name, None, str(err)))
+        if loaded == config.batch_size:
+            yield from flush()
+            loaded = 0
+    if pending:
+        yield from flush()

@@ -1,0 +1,192 @@
+"""The multi-head model: one frozen trunk, a router head over organs, one subtype head per organ.
+
+All heads run as one matrix product over the pooled features. The joint distribution
+P(organ, subtype) = P(organ) * P(subtype | organ) is computed in log space and sums to one; a prediction
+takes the router's organ and that organ's best subtype, so organ and subtype can never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .preprocessing import Preprocessing
+from .taxonomy import MULTI_CANCER, Taxonomy
+from .trunk import Trunk, TrunkWeights, create_trunk
+
+__all__ = ["HeadOutput", "MultiHeadModel", "create_model"]
+
+
+@dataclass
+class HeadOutput:
+    """What one forward pass gives: logits of every head and the joint log-probabilities."""
+
+    router_logits: torch.Tensor
+    """``[B, num_organs]``; organs the model was not trained on are ``-inf``."""
+    subtype_logits: torch.Tensor
+    """``[B, num_subtypes]``: every head's logits side by side, in the taxonomy's global subtype order."""
+    joint_log_probs: torch.Tensor
+    """``[B, num_subtypes]``: log P(organ) + log P(subtype | organ); exp sums to one per row."""
+
+    @property
+    def joint_probs(self) -> torch.Tensor:
+        return self.joint_log_probs.exp()
+
+
+class MultiHeadModel(nn.Module):
+    """Frozen trunk -> pooled features -> router + per-organ heads (one fused matrix product).
+
+    Build it with :func:`create_model` or :func:`multihead.load`. State-dict keys read as
+    ``router.weight`` and ``heads.<organ>.weight``.
+
+    Example:
+        >>> model = create_model(trunk_weights=None)
+        >>> out = model(torch.zeros(2, 3, 224, 224))
+        >>> out.router_logits.shape, out.joint_probs.sum(1)
+        (torch.Size([2, 8]), tensor([1.0000, 1.0000]))
+    """
+
+    def __init__(self, trunk: Trunk, taxonomy: Taxonomy = MULTI_CANCER, *,
+                 preprocessing: Preprocessing | None = None) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.taxonomy = taxonomy
+        self.preprocessing = preprocessing or trunk.preprocessing
+        self.router = nn.Linear(trunk.num_features, taxonomy.num_organs)
+        self.heads = nn.ModuleDict(
+            {organ.name: nn.Linear(trunk.num_features, len(organ.subtypes)) for organ in taxonomy.organs}
+        )
+        self.register_buffer("organ_mask", torch.ones(taxonomy.num_organs, dtype=torch.bool))
+        self.metadata: dict[str, Any] = {}
+        """Training config, history, split and metrics; written into checkpoints as JSON."""
+        self._register_index_buffers()
+
+    def _register_index_buffers(self) -> None:
+        tax = self.taxonomy
+        width = max(tax.head_sizes)
+        gather = torch.zeros(tax.num_organs, width, dtype=torch.long)
+        valid = torch.zeros(tax.num_organs, width, dtype=torch.bool)
+        for i, (offset, size) in enumerate(zip(tax.head_offsets, tax.head_sizes)):
+            gather[i, :size] = torch.arange(offset, offset + size)
+            valid[i, :size] = True
+        self.register_buffer("_head_gather", gather, persistent=False)
+        self.register_buffer("_head_valid", valid, persistent=False)
+        self.register_buffer("_subtype_organ", torch.tensor(tax.subtype_organ_indices), persistent=False)
+
+    # --- the forward pass: features -> heads ---------------------------------------------------------
+    @property
+    def num_features(self) -> int:
+        return self.trunk.num_features
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images ``[B, 3, S, S]`` -> pooled trunk features ``[B, num_features]``."""
+        return self.trunk(images)
+
+    def fused_head_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router and all heads stacked: weight ``[O + S, F]`` and bias ``[O + S]``."""
+        weight = torch.cat([self.router.weight, *(h.weight for h in self.heads.values())])
+        bias = torch.cat([self.router.bias, *(h.bias for h in self.heads.values())])
+        return weight, bias
+
+    def forward_heads(self, features: torch.Tensor) -> HeadOutput:
+        """Pooled features -> every head's logits and the joint log-probabilities, in one matmul."""
+        weight, bias = self.fused_head_parameters()
+        logits = F.linear(features.to(weight.dtype), weight, bias)
+        router_logits, subtype_logits = logits.split([self.taxonomy.num_organs, self.taxonomy.num_subtypes], dim=1)
+        router_logits = router_logits.masked_fill(~self.organ_mask, float("-inf"))
+        return HeadOutput(router_logits, subtype_logits, self.joint_log_probs(router_logits, subtype_logits))
+
+    def forward(self, images: torch.Tensor) -> HeadOutput:
+        return self.forward_heads(self.forward_features(images))
+
+    def joint_log_probs(self, router_logits: torch.Tensor, subtype_logits: torch.Tensor) -> torch.Tensor:
+        """log P(organ) + log P(subtype | organ) for every subtype, with a softmax per head segment."""
+        padded = subtype_logits[:, self._head_gather].masked_fill(~self._head_valid, float("-inf"))
+        head_log_norm = torch.logsumexp(padded, dim=2)  # [B, O]
+        conditional = subtype_logits - head_log_norm[:, self._subtype_organ]
+        return F.log_softmax(router_logits, dim=1)[:, self._subtype_organ] + conditional
+
+    def decide(self, output: HeadOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """The router's organ and that organ's best subtype (global index), per row."""
+        organ = output.router_logits.argmax(dim=1)
+        in_organ = self._subtype_organ.unsqueeze(0) == organ.unsqueeze(1)
+        subtype = output.joint_log_probs.masked_fill(~in_organ, float("-inf")).argmax(dim=1)
+        return organ, subtype
+
+    # --- trained organs --------------------------------------------------------------------------
+    @property
+    def available_organs(self) -> tuple[str, ...]:
+        """Organs the model may answer (those it saw training images of)."""
+        return tuple(o for o, ok in zip(self.taxonomy.organ_names, self.organ_mask.tolist()) if ok)
+
+    def set_available_organs(self, organs: list[str] | tuple[str, ...]) -> None:
+        """Restrict answers to these organs (the others get probability zero)."""
+        if not organs:
+            raise ValueError("at least one organ must stay available")
+        mask = torch.zeros_like(self.organ_mask)
+        for organ in organs:
+            mask[self.taxonomy.organ_index(organ)] = True
+        self.organ_mask.copy_(mask)
+
+    # --- heads' state and persistence -------------------------------------------------------------
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (router and heads); the trunk has none."""
+        return [*self.router.parameters(), *self.heads.parameters()]
+
+    def reset_heads(self, seed: int | None = None) -> None:
+        """Re-initialise router and heads (as ``nn.Linear`` does), optionally from a seed."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        for layer in [self.router, *self.heads.values()]:
+            bound = 1.0 / layer.in_features**0.5
+            with torch.no_grad():
+                for param in (layer.weight, layer.bias):
+                    fresh = torch.empty(param.shape).uniform_(-bound, bound, generator=generator)
+                    param.copy_(fresh)
+
+    @property
+    def device(self) -> torch.device:
+        return self.router.weight.device
+
+    def save(self, path: str | os.PathLike, **kwargs: Any) -> None:
+        """Write one ``.safetensors`` checkpoint atomically (see :func:`multihead.checkpoint.save`)."""
+        from .checkpoint import save
+
+        save(self, path, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"taxonomy={self.taxonomy!r}, available_organs={len(self.available_organs)}"
+
+
+def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = "imagenet",
+                 taxonomy: Taxonomy = MULTI_CANCER, *, image_size: int | None = None,
+                 preprocessing: Preprocessing | None = None, seed: int | None = None) -> MultiHeadModel:
+    """Build a multi-head model with freshly initialised heads.
+
+    Args:
+        trunk: a torchvision or timm model name, or a :class:`~multihead.trunk.Trunk`.
+        trunk_weights: ``"imagenet"``, a weights id, a local file, or ``None`` (random, said explicitly).
+        taxonomy: the organ -> subtypes layout; head sizes come from it.
+        image_size: input side in pixels, overriding the trunk's default.
+        preprocessing: full preprocessing, overriding the trunk's default (and ``image_size``).
+        seed: seed for the heads' initialisation.
+
+    Example:
+        >>> model = create_model("resnet18", trunk_weights=None)
+        >>> model.taxonomy.num_subtypes
+        26
+    """
+    if not isinstance(taxonomy, Taxonomy):
+        raise TypeError(f"taxonomy must be a multihead.Taxonomy, got {type(taxonomy).__name__}")
+    if not isinstance(trunk, Trunk):
+        trunk = create_trunk(trunk, weights=trunk_weights)
+    if preprocessing is None:
+        preprocessing = trunk.preprocessing if image_size is None else trunk.preprocessing.with_size(image_size)
+    model = MultiHeadModel(trunk, taxonomy, preprocessing=preprocessing)
+    if seed is not None:
+        model.reset_heads(seed)
+    return model
