@@ -30,6 +30,7 @@ __all__ = [
     "predict_batch",
     "resolve_model",
     "run_batch",
+    "run_features",
 ]
 
 ModelInput = MultiHeadModel | str | os.PathLike | None
@@ -130,8 +131,9 @@ def resolve_model(model: ModelInput = None) -> MultiHeadModel:
 
 # --- batches ----------------------------------------------------------------------------------------
 
-def run_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfig = InferenceConfig()) -> HeadOutput:
-    """A uint8 batch ``[B, 3, S, S]`` (any device) -> :class:`HeadOutput`, under ``inference_mode``."""
+def run_features(model: MultiHeadModel, batch: torch.Tensor,
+                 config: InferenceConfig = InferenceConfig()) -> torch.Tensor:
+    """A uint8 batch ``[B, 3, S, S]`` (any device) -> float32 pooled trunk features, under ``inference_mode``."""
     if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype != torch.uint8:
         raise ValueError(f"expected a uint8 batch of shape [B, 3, S, S], got {batch.dtype} {tuple(batch.shape)}")
     if batch.shape[0] == 0:
@@ -144,7 +146,14 @@ def run_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfi
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             features = model.forward_features(images)
-        return model.forward_heads(features.float())
+        return features.float()
+
+
+def run_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfig = InferenceConfig()) -> HeadOutput:
+    """A uint8 batch ``[B, 3, S, S]`` (any device) -> :class:`HeadOutput`, under ``inference_mode``."""
+    features = run_features(model, batch, config)
+    with torch.inference_mode():
+        return model.forward_heads(features)
 
 
 def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfig = InferenceConfig(),
