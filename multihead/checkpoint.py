@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ._io import atomic_path
 from .model import MultiHeadModel
 from .preprocessing import Preprocessing
 from .taxonomy import Taxonomy
@@ -68,6 +68,7 @@ def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | 
         "taxonomy": model.taxonomy.to_json(),
         "trunk": json.dumps(trunk_spec, sort_keys=True),
         "preprocessing": model.preprocessing.to_json(),
+        "joint": model.joint,
         "metadata": json.dumps(model.metadata, sort_keys=True, default=str),
     }
     _atomic_save(tensors, metadata, Path(path))
@@ -78,17 +79,8 @@ def _restore_dtypes(stored: dict[str, torch.Tensor], reference: dict[str, torch.
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -118,16 +110,30 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             "upgrade multihead"
         )
     try:
-        return {
+        header = {
             "format_version": version,
             "taxonomy": Taxonomy.from_json(raw["taxonomy"]),
             "trunk": json.loads(raw["trunk"]),
             "preprocessing": Preprocessing.from_json(raw["preprocessing"]),
             "metadata": json.loads(raw.get("metadata", "{}")),
+            "joint": raw.get("joint", "hierarchical"),
             "keys": keys,
         }
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
+    _check_json_fields(path, header)
+    return header
+
+
+def _check_json_fields(path: Path, header: dict[str, Any]) -> None:
+    """The JSON values ``load`` relies on have the types it expects (a damaged file may hold anything)."""
+    trunk = header["trunk"]
+    if not isinstance(trunk, dict) or not isinstance(header["metadata"], dict):
+        raise CheckpointError(f"{path}: damaged metadata ('trunk' and 'metadata' must be JSON objects)")
+    wrong = [key for key, kind in (("name", str), ("fingerprint", str), ("embedded", bool))
+             if not isinstance(trunk.get(key), kind)]
+    if wrong:
+        raise CheckpointError(f"{path}: damaged trunk metadata: {', '.join(wrong)} missing or of the wrong type")
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> MultiHeadModel:
@@ -140,16 +146,13 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
     path = Path(path)
     header = read_header(path)
     spec = header["trunk"]
+    name, fingerprint, embedded = spec["name"], spec["fingerprint"], spec["embedded"]
+    weights = None if embedded else ("imagenet" if spec.get("source") == "timm" else spec.get("weights_id"))
     try:
-        name, fingerprint, embedded = spec["name"], spec["fingerprint"], bool(spec["embedded"])
-    except KeyError as err:
-        raise CheckpointError(f"{path}: trunk metadata lacks {err}") from None
-    if embedded:
-        trunk = create_trunk(name, weights=None)
-    else:
-        weights = "imagenet" if spec.get("source") == "timm" else spec.get("weights_id")
         trunk = create_trunk(name, weights=weights)
-    model = MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"])
+        model = MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"], joint=header["joint"])
+    except ValueError as err:  # an unknown trunk or weights id, an unknown joint rule: named in the metadata
+        raise CheckpointError(f"{path}: the model its metadata describes cannot be built ({err})") from None
     expected = model.state_dict()
     heads = {k: v for k, v in expected.items() if not k.startswith("trunk.")}
     trunk_keys = {f"trunk.{k}": v for k, v in trunk.network.state_dict().items()} if embedded else {}
@@ -167,7 +170,10 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
                 f"{tuple(heads[key].shape)}"
             )
     if embedded:
-        trunk.load_weights(trunk_state)
+        try:
+            trunk.load_weights(trunk_state)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: embedded trunk weights do not fit ({err})") from None
     if trunk.fingerprint != fingerprint:
         raise CheckpointError(
             f"{path}: trunk {name!r} weights have fingerprint {trunk.fingerprint[:12]}..., the checkpoint was "

@@ -141,3 +141,77 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
 
 def main() -> None:  # pragma: no cover - console script entry point
     app()
+
+
+@app.command()
+@_library_errors
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of <organ>/<subtype>/<image> files.", exists=True,
+                                             file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
+    trunk: Annotated[str, typer.Option(help="torchvision or timm model name.")] = "resnet18",
+    trunk_weights: Annotated[str, typer.Option(help="imagenet, none, a weights id, or a local file.")] = "imagenet",
+    preset: Annotated[str, typer.Option(help="default (best measured) or paper (Adam 1e-3, batch 32, 4 epochs).")
+                      ] = "default",
+    method: Annotated[str | None, typer.Option(help="multihead, per-organ (the paper) or flat (26-way).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    views: Annotated[str | None, typer.Option(help="identity, or dihedral (flip/rotation views of features).")
+                     ] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, help="Input side in pixels.")] = None,
+    split: Annotated[Path | None, typer.Option(help="Reuse a split file (JSON).", exists=True, dir_okay=False)
+                     ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    taxonomy: Annotated[str, typer.Option(help="multi-cancer, or from-folders to define it from the folders.")
+                        ] = "multi-cancer",
+) -> None:
+    """Train the router and heads on cached features of a frozen trunk; writes the checkpoint and its split."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .runs import save_split_next_to, train_from_folder
+    from .training import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                      views=views, image_size=image_size)
+    weights = None if trunk_weights.lower() == "none" else trunk_weights
+    epochs_table = Table("part", "epoch", "train loss", "train router", "train acc", "val loss", "val router",
+                         "val acc", "", title="training")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[rate]}"))
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        tasks: dict[str, tuple[Any, float]] = {}
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            import time
+
+            if name not in tasks:
+                tasks[name] = (progress.add_task(name, total=total, rate=""), time.perf_counter())
+            task, started = tasks[name]
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=done, rate=f"{rate:.0f} images/s")
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            tr, va = record["train"], record.get("val", {})
+            cells = [f"{tr['loss']:.3f}", f"{tr['router_accuracy']:.3f}", f"{tr['accuracy']:.3f}"]
+            cells += [f"{va[k]:.3f}" for k in ("loss", "router_accuracy", "accuracy")] if va else ["", "", ""]
+            best = "best" if record.get("best") else ""
+            epochs_table.add_row(str(record["part"]), str(record["epoch"]), *cells, best)
+
+        result = train_from_folder(
+            data_dir, config=config, trunk=trunk, trunk_weights=weights,
+            taxonomy="from-folders" if taxonomy == "from-folders" else None, split=split, cache_dir=cache_dir,
+            on_stage=lambda text: err_console.print(text), on_progress=on_progress, on_epoch=on_epoch)
+    console.print(epochs_table)
+    if result.failures:
+        err_console.print(f"skipped {len(result.failures)} unreadable files:")
+        for relpath, reason in result.failures:
+            err_console.print(f"  {relpath}: {reason}", highlight=False)
+    result.model.save(out)
+    split_path = save_split_next_to(out, result.split)
+    metrics = result.model.metadata["metrics"]
+    console.print(f"wrote {out} and {split_path}; " + ", ".join(
+        f"{name} accuracy {m['accuracy']:.3f}" for name, m in metrics.items()))

@@ -1,14 +1,17 @@
 """Turn whatever a user hands us (a path, a PIL image, an array, a tensor) into an RGB uint8 tensor.
 
 Every failure raises :class:`ImageError` (a ``ValueError``) naming the file or input and the problem, so
-callers never see a traceback from deep inside Pillow or torch.
+callers never see a traceback from deep inside Pillow or torch. Files are opened only with the decoders of
+the formats in :data:`IMAGE_EXTENSIONS` (never, say, Pillow's EPS plugin, which runs Ghostscript), and an
+image larger than ``max_pixels`` is refused from its header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,17 +20,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "ImageError",
     "ImageInput",
     "describe_input",
+    "is_path",
     "pil_to_rgb",
     "read_image",
     "to_rgb_tensor",
 ]
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+ImageInput = str | bytes | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
+"""The Pillow decoders files are opened with; the JPEG one also reads multi-picture (MPO) JPEGs."""
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x 89.5 Mpx)
 
 
@@ -35,29 +42,68 @@ class ImageError(ValueError):
     """An input could not be turned into an image; the message names the input and the problem."""
 
 
+def is_path(obj: object) -> bool:
+    """Whether ``obj`` names a file: ``str``, ``bytes`` (any file name on Linux) or ``os.PathLike``."""
+    return isinstance(obj, (str, bytes, os.PathLike))
+
+
 def describe_input(image: object) -> str:
-    """A short name for an input, used in error messages and result tables."""
-    if isinstance(image, (str, os.PathLike)):
-        return os.fsdecode(image)
+    """A short printable name for an input, used in error messages and result tables.
+
+    File names that are not valid UTF-8 show their odd bytes as ``\\xNN`` escapes.
+    """
+    if is_path(image):
+        return os.fsdecode(image).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     if isinstance(image, (np.ndarray, torch.Tensor)):
         return f"{type(image).__name__}{tuple(image.shape)}"
     return type(image).__name__
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def _check_is_file(path: str | bytes | os.PathLike, name: str) -> None:
+    """Raise :class:`ImageError` unless ``path`` is a regular file, saying what it is instead."""
+    try:
+        info = os.stat(path)
+        mode, size = info.st_mode, info.st_size
+    except FileNotFoundError:
+        problem = "is a broken symbolic link (its target does not exist)" if os.path.islink(path) else "does not exist"
+    except PermissionError:
+        problem = "permission denied"
+    except OSError as err:
+        problem = "is a symbolic link loop" if err.errno == errno.ELOOP else f"cannot be opened ({err.strerror})"
+    except ValueError as err:  # an embedded NUL byte
+        problem = f"is not a valid file name ({err})"
+    else:
+        if stat.S_ISREG(mode) and size > 0:
+            return
+        if stat.S_ISREG(mode):
+            problem = "is empty (0 bytes)"
+        else:
+            problem = "is a folder, not an image file" if stat.S_ISDIR(mode) else "is not a regular file"
+    raise ImageError(f"{name}: {problem}")
+
+
+def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image file into an RGB PIL image (EXIF orientation applied, first frame of animations).
+
+    Args:
+        path: the file; its contents, not its extension, decide the format (JPEG, PNG, BMP, TIFF, GIF, WebP).
+        max_pixels: refuse images with more pixels than this, from the header alone, before decoding.
+            ``None`` lifts this limit (Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` still applies).
 
     Raises:
         ImageError: the file is missing, unreadable, not an image, truncated, or larger than ``max_pixels``.
+
+    Example:
+        >>> read_image("slide.png", max_pixels=50_000_000).mode  # doctest: +SKIP
+        'RGB'
     """
-    name = os.fsdecode(path)
-    if not os.path.isfile(path):
-        problem = "is a broken symbolic link" if os.path.islink(path) else "does not exist or is not a file"
-        raise ImageError(f"{name}: {problem}")
+    name = describe_input(path)
+    _check_is_file(path, name)
     try:
-        with open(path, "rb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(handle)
+        with open(path, "rb") as handle:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is the limit
+                image = Image.open(handle, formats=IMAGE_FORMATS)
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise ImageError(
                     f"{name}: {image.width}x{image.height} pixels is more than the limit of {max_pixels:,}; "
@@ -71,33 +117,43 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     except PermissionError:
         raise ImageError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{name}: cannot decode image ({err})") from None
+        formats = ", ".join(IMAGE_FORMATS)
+        raise ImageError(f"{name}: not an image file in a format multihead reads ({formats}), "
+                         "or its header is damaged") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{name}: {err} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted") from None
+    except Exception as err:  # Pillow's decoders raise many types on damaged data (OSError, SyntaxError, ...)
+        raise ImageError(f"{name}: cannot decode image, the file is damaged or truncated "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def pil_to_rgb(image: Image.Image, *, source: str = "image") -> Image.Image:
     """Convert any Pillow mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB.
 
     Transparent pixels are composited on black; 16-bit and float images are rescaled from their own range.
+
+    Raises:
+        ImageError: the image has no pixels, holds NaN or infinity, or its pixels cannot be read or converted.
     """
     try:
-        image = ImageOps.exif_transpose(image)
+        image = ImageOps.exif_transpose(image) or image
     except Exception:  # a broken EXIF block must not lose the pixels
         pass
     if image.width < 1 or image.height < 1:
         raise ImageError(f"{source}: image has no pixels ({image.width}x{image.height})")
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return Image.fromarray(_rescale_to_uint8(np.asarray(image, dtype=np.float64), source)).convert("RGB")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
+    try:
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            return Image.fromarray(_rescale_to_uint8(np.asarray(image, dtype=np.float64), source)).convert("RGB")
+        if image.mode in ("P", "RGBA", "LA", "PA", "RGBa", "La"):
+            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+            return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+        return image.convert("RGB")
+    except ImageError:
+        raise
+    except (ValueError, OSError) as err:
+        raise ImageError(f"{source}: cannot convert {image.mode} pixels to RGB ({err})") from None
 
 
 def _rescale_to_uint8(array: np.ndarray, source: str) -> np.ndarray:
@@ -115,9 +171,14 @@ def _array_to_tensor(array: np.ndarray, source: str) -> torch.Tensor:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageError(f"{source}: expected an HxW or HxWxC array with C in (1, 3, 4), got shape {array.shape}")
-    if array.dtype.kind not in "uif":
-        raise ImageError(f"{source}: expected uint8 or floating point pixels, got {array.dtype}")
-    return _to_uint8_chw(torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1), source)
+    if array.dtype != np.uint8 and array.dtype.kind != "f":
+        raise ImageError(
+            f"{source}: expected uint8 pixels (0-255) or floats in [0, 1], got dtype {array.dtype}; "
+            "convert with array.astype(np.uint8) or divide by the maximum"
+        )
+    # A native-order copy torch can take: no big-endian data, no long double.
+    native = np.dtype(np.float64) if array.dtype.itemsize > 8 else array.dtype.newbyteorder("=")
+    return _to_uint8_chw(torch.from_numpy(np.array(array, dtype=native, copy=True)).permute(2, 0, 1), source)
 
 
 def _to_uint8_chw(tensor: torch.Tensor, source: str) -> torch.Tensor:
@@ -129,7 +190,7 @@ def _to_uint8_chw(tensor: torch.Tensor, source: str) -> torch.Tensor:
     if tensor.dtype == torch.uint8:
         out = tensor
     elif tensor.is_floating_point():
-        tensor = tensor.detach().float()
+        tensor = tensor.detach()
         if not torch.isfinite(tensor).all():
             raise ImageError(f"{source}: float image holds NaN or infinite values")
         low, high = float(tensor.min()), float(tensor.max())
@@ -138,9 +199,9 @@ def _to_uint8_chw(tensor: torch.Tensor, source: str) -> torch.Tensor:
                 f"{source}: float images must lie in [0, 1], got values in [{low:g}, {high:g}]; "
                 "divide by 255 or pass uint8"
             )
-        out = (tensor * 255.0).round_().to(torch.uint8)
+        out = (tensor.float() * 255.0).round_().to(torch.uint8)
     else:
-        raise ImageError(f"{source}: expected uint8 or floating point pixels, got {tensor.dtype}")
+        raise ImageError(f"{source}: expected uint8 pixels (0-255) or floats in [0, 1], got {tensor.dtype}")
     if out.shape[0] == 4:
         out = out[:3]
     elif out.shape[0] == 1:
@@ -151,15 +212,19 @@ def _to_uint8_chw(tensor: torch.Tensor, source: str) -> torch.Tensor:
 def to_rgb_tensor(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Any supported input -> a 3xHxW uint8 tensor on the CPU.
 
-    Accepts a file path, a PIL image, a numpy array (HxW or HxWxC, uint8 or float in [0, 1]) or a torch
-    tensor (CxHxW, uint8 or float in [0, 1]). Alpha channels are dropped, grayscale is repeated.
+    Accepts a file path (``str``, ``bytes`` or ``os.PathLike``), a PIL image, a numpy array (HxW or HxWxC,
+    uint8 or float in [0, 1]) or a torch tensor (CxHxW, uint8 or float in [0, 1]). Alpha channels are
+    dropped, grayscale is repeated.
+
+    Raises:
+        ImageError: the input is not a readable image; the message names it and says what was expected.
 
     Example:
         >>> to_rgb_tensor(np.zeros((4, 5), dtype=np.uint8)).shape
         torch.Size([3, 4, 5])
     """
     source = describe_input(image)
-    if isinstance(image, (str, Path, os.PathLike)):
+    if is_path(image):
         image = read_image(image, max_pixels=max_pixels)
     if isinstance(image, Image.Image):
         rgb = pil_to_rgb(image, source=source)

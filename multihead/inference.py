@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from .images import ImageError, ImageInput, describe_input
+from .images import ImageError, ImageInput, describe_input, is_path
 from .model import HeadOutput, MultiHeadModel
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Prediction",
     "classify",
     "classify_files",
+    "cpu_has_native_bf16",
     "default_model_path",
     "predict_batch",
     "resolve_model",
@@ -39,17 +40,46 @@ MODEL_ENV = "MULTIHEAD_MODEL"
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How batches run. ``precision`` applies to the trunk only (autocast); heads stay float32."""
+    """How batches run. ``precision`` applies to the trunk only (autocast); heads stay float32.
+
+    The defaults (``precision="auto"``, ``channels_last=None``) pick, per device, what was measured fastest
+    and matched float32 (docs/benchmarks.md): bf16 autocast and channels_last on a CPU with native bf16
+    (AVX512-BF16 or AMX), channels_last float32 on other CPUs, float32 as before on CUDA (not measured yet).
+    Give explicit values to pin a setting; :meth:`resolve` shows what a device gets.
+    """
 
     batch_size: int = 64
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
+
+    def resolve(self, device: str | torch.device) -> InferenceConfig:
+        """The concrete settings on ``device``: ``"auto"`` and ``None`` replaced by the measured choice.
+
+        Example:
+            >>> InferenceConfig(precision="fp32").resolve("cuda").channels_last
+            False
+        """
+        on_cpu = torch.device(device).type == "cpu"
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if on_cpu and cpu_has_native_bf16() else "fp32"
+        channels_last = on_cpu if self.channels_last is None else self.channels_last
+        return replace(self, precision=precision, channels_last=channels_last)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and bool(check()) for check in checks)
 
 
 @dataclass(frozen=True)
@@ -133,16 +163,23 @@ def resolve_model(model: ModelInput = None) -> MultiHeadModel:
 
 def run_features(model: MultiHeadModel, batch: torch.Tensor,
                  config: InferenceConfig = InferenceConfig()) -> torch.Tensor:
-    """A uint8 batch ``[B, 3, S, S]`` (any device) -> float32 pooled trunk features, under ``inference_mode``."""
+    """A uint8 batch ``[B, 3, S, S]`` (any device) -> float32 pooled trunk features, under ``inference_mode``.
+
+    ``channels_last`` lays out the input only; the model is never changed here. Converting it too
+    (``model.to(memory_format=torch.channels_last)``) is faster still, but its conv weights then need
+    ``.contiguous()`` before safetensors' ``save_file`` (``multihead.checkpoint`` already does that).
+    """
     if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype != torch.uint8:
         raise ValueError(f"expected a uint8 batch of shape [B, 3, S, S], got {batch.dtype} {tuple(batch.shape)}")
     if batch.shape[0] == 0:
         raise ValueError("empty batch: at least one image is needed")
     device = model.device
+    config = config.resolve(device)
     with torch.inference_mode():
-        images = model.preprocessing.normalize(batch.to(device, non_blocking=True))
-        if config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        batch = batch.to(device, non_blocking=True)
+        if config.channels_last:  # in uint8, before normalising: a quarter of the bytes to move
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        images = model.preprocessing.normalize(batch)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             features = model.forward_features(images)
@@ -217,7 +254,7 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
     predictions: list[Prediction] = []
     for chunk in _chunks(items, config.batch_size):
         batch = torch.stack([resolved.preprocessing.load(item) for item in chunk])
-        sources = [describe_input(item) if isinstance(item, (str, os.PathLike)) else None for item in chunk]
+        sources = [describe_input(item) if is_path(item) else None for item in chunk]
         predictions.extend(predict_batch(resolved, batch, config, sources))
     return predictions[0] if single else predictions
 
@@ -232,18 +269,17 @@ def classify_files(paths: Iterable[str | os.PathLike], model: ModelInput = None,
 
     def flush() -> Iterator[FileResult]:
         good = [(name, tensor) for name, tensor, _ in pending if tensor is not None]
-        predicted = {}
-        if good:
-            batch = torch.stack([tensor for _, tensor in good])
+        predicted: Iterator[Prediction] = iter([])
+        if good:  # matched back by position: two inputs may share a name
             names = [name for name, _ in good]
-            predicted = dict(zip(names, predict_batch(resolved, batch, config, names)))
-        for name, _, error in pending:
-            yield FileResult(name, error=error) if error else FileResult(name, predicted[name])
+            predicted = iter(predict_batch(resolved, torch.stack([tensor for _, tensor in good]), config, names))
+        for name, tensor, error in pending:
+            yield FileResult(name, error=error) if tensor is None else FileResult(name, next(predicted))
         pending.clear()
 
     loaded = 0
     for path in paths:
-        name = os.fsdecode(path)
+        name = describe_input(path)
         try:
             pending.append((name, resolved.preprocessing.load(path), None))
             loaded += 1

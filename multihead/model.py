@@ -19,7 +19,9 @@ from .preprocessing import Preprocessing
 from .taxonomy import MULTI_CANCER, Taxonomy
 from .trunk import Trunk, TrunkWeights, create_trunk
 
-__all__ = ["HeadOutput", "MultiHeadModel", "create_model"]
+__all__ = ["JOINT_MODES", "HeadOutput", "MultiHeadModel", "create_model"]
+
+JOINT_MODES = ("hierarchical", "flat")
 
 
 @dataclass
@@ -52,8 +54,13 @@ class MultiHeadModel(nn.Module):
     """
 
     def __init__(self, trunk: Trunk, taxonomy: Taxonomy = MULTI_CANCER, *,
-                 preprocessing: Preprocessing | None = None) -> None:
+                 preprocessing: Preprocessing | None = None, joint: str = "hierarchical") -> None:
         super().__init__()
+        if joint not in JOINT_MODES:
+            raise ValueError(f"joint must be one of {JOINT_MODES}, got {joint!r}")
+        self.joint = joint
+        """``"hierarchical"``: P(organ) from the router times P(subtype | organ) from its head (multihead).
+        ``"flat"``: one softmax over all subtype logits, organ probabilities summed from it (the flat baseline)."""
         self.trunk = trunk
         self.taxonomy = taxonomy
         self.preprocessing = preprocessing or trunk.preprocessing
@@ -98,16 +105,24 @@ class MultiHeadModel(nn.Module):
         weight, bias = self.fused_head_parameters()
         logits = F.linear(features.to(weight.dtype), weight, bias)
         router_logits, subtype_logits = logits.split([self.taxonomy.num_organs, self.taxonomy.num_subtypes], dim=1)
+        if self.joint == "flat":
+            subtype_logits = subtype_logits.masked_fill(~self.organ_mask[self._subtype_organ], float("-inf"))
+            joint = F.log_softmax(subtype_logits, dim=1)
+            router_logits = torch.logsumexp(self._padded(joint), dim=2)
+            return HeadOutput(router_logits, subtype_logits, joint)
         router_logits = router_logits.masked_fill(~self.organ_mask, float("-inf"))
         return HeadOutput(router_logits, subtype_logits, self.joint_log_probs(router_logits, subtype_logits))
+
+    def _padded(self, per_subtype: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` -> ``[B, O, max head size]``, one row per head, padding ``-inf``."""
+        return per_subtype[:, self._head_gather].masked_fill(~self._head_valid, float("-inf"))
 
     def forward(self, images: torch.Tensor) -> HeadOutput:
         return self.forward_heads(self.forward_features(images))
 
     def joint_log_probs(self, router_logits: torch.Tensor, subtype_logits: torch.Tensor) -> torch.Tensor:
         """log P(organ) + log P(subtype | organ) for every subtype, with a softmax per head segment."""
-        padded = subtype_logits[:, self._head_gather].masked_fill(~self._head_valid, float("-inf"))
-        head_log_norm = torch.logsumexp(padded, dim=2)  # [B, O]
+        head_log_norm = torch.logsumexp(self._padded(subtype_logits), dim=2)  # [B, O]
         conditional = subtype_logits - head_log_norm[:, self._subtype_organ]
         return F.log_softmax(router_logits, dim=1)[:, self._subtype_organ] + conditional
 
@@ -159,7 +174,7 @@ class MultiHeadModel(nn.Module):
         save(self, path, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"taxonomy={self.taxonomy!r}, available_organs={len(self.available_organs)}"
+        return f"taxonomy={self.taxonomy!r}, joint={self.joint!r}, available_organs={len(self.available_organs)}"
 
 
 def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = "imagenet",

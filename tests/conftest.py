@@ -20,6 +20,7 @@ def _no_network_weights(monkeypatch, tmp_path_factory):
     """Tests never download: an empty torch hub cache, and downloads fail at once."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
     monkeypatch.delenv("MULTIHEAD_MODEL", raising=False)
+    monkeypatch.setenv("MULTIHEAD_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
 
     def refuse(*args, **kwargs):
         raise OSError("network disabled in tests")

@@ -1,0 +1,135 @@
+"""A training run end to end: folder -> split -> cached features -> trained heads -> checkpoint.
+
+Library code with callbacks; the CLI draws progress bars and tables from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import DatasetScan, scan_dataset
+from .features import VIEWS, FeatureSet, extract_features
+from .inference import InferenceConfig
+from .model import MultiHeadModel, create_model
+from .splits import Split, make_split
+from .taxonomy import Taxonomy
+from .training import TrainConfig, feature_metrics, fit_heads
+from .trunk import TrunkWeights
+
+__all__ = ["TrainResult", "dataset_features", "train_from_folder"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: MultiHeadModel
+    history: list[dict[str, object]]
+    split: Split
+    scan: DatasetScan
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    """(relpath, reason) of files skipped because they could not be read."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def dataset_features(model: MultiHeadModel, scan: DatasetScan, relpaths: list[str], *, views: tuple[str, ...],
+                     cache_dir: str | os.PathLike | None, config: InferenceConfig | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[FeatureSet, list[tuple[str, str]]]:
+    """Labelled cached features for ``relpaths`` of a scanned dataset, and the files that failed."""
+    by_path = {r.relpath: r for r in scan.records}
+    missing = [p for p in relpaths if p not in by_path]
+    if missing:
+        raise ValueError(f"{len(missing)} files of the split are not in {scan.root} (first: {missing[0]}); "
+                         "was the split made for another folder?")
+    records = [by_path[p] for p in relpaths]
+    features, ok, failures = extract_features(model, [r.path for r in records], views=views, cache_dir=cache_dir,
+                                              config=config, progress=progress)
+    tax = model.taxonomy
+    kept = [records[i] for i in ok]
+    data = FeatureSet(
+        features,
+        torch.tensor([tax.organ_index(r.organ) for r in kept], dtype=torch.long),
+        torch.tensor([tax.subtype_index(r.subtype) for r in kept], dtype=torch.long),
+        [r.relpath for r in kept],
+        views,
+    )
+    return data, [(records[i].relpath, reason) for i, reason in failures]
+
+
+def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None = None,
+                      trunk: str = "resnet18", trunk_weights: TrunkWeights = "imagenet",
+                      taxonomy: Taxonomy | str | None = None, split: str | os.PathLike | Split | None = None,
+                      cache_dir: str | os.PathLike | None = None,
+                      on_stage: Callable[[str], None] | None = None,
+                      on_progress: Callable[[str, int, int], None] | None = None,
+                      on_epoch: Callable[[dict[str, object]], None] | None = None) -> TrainResult:
+    """Train a model on ``<data_dir>/<organ>/<subtype>/<image>``.
+
+    Args:
+        config: training settings (see :data:`multihead.training.PRESETS`).
+        split: a split file or :class:`Split` to reuse; default: a new leak-free split seeded by ``config.seed``.
+        cache_dir: where trunk features are cached (default ``$MULTIHEAD_CACHE`` or ``~/.cache/multihead``).
+        on_stage, on_progress, on_epoch: callbacks for a user interface.
+
+    Example:
+        >>> result = train_from_folder("data/", trunk_weights="trunk.safetensors")  # doctest: +SKIP
+        >>> result.model.save("model.safetensors")
+    """
+    config = config or TrainConfig()
+    timings: dict[str, float] = {}
+    stage = on_stage or (lambda name: log.info("%s", name))
+    started = time.perf_counter()
+    scan = scan_dataset(data_dir, taxonomy)
+    stage(f"found {len(scan.records)} images in {len(scan.taxonomy.organs) - len(scan.empty_organs)} organs"
+          + (f"; no images for {', '.join(scan.empty_organs)}" if scan.empty_organs else ""))
+    if isinstance(split, (str, os.PathLike)):
+        split = Split.load(split)
+    failures: list[tuple[str, str]] = []
+    if split is None:
+        split, failures = make_split(scan, seed=config.seed,
+                                     progress=on_progress and (lambda d, t: on_progress("hashing", d, t)))
+        stage(f"split {split.info['counts']}; {split.info['grouped_files']} near-duplicate files in "
+              f"{split.info['groups']} groups kept within one split")
+    timings["split_s"] = time.perf_counter() - started
+
+    model = create_model(trunk, trunk_weights, scan.taxonomy, image_size=config.image_size, seed=config.seed)
+    views = VIEWS if config.views == "dihedral" else VIEWS[:1]
+    started = time.perf_counter()
+    sets: dict[str, FeatureSet] = {}
+    for name in ("train", "val", "test"):
+        files = split.files(name)
+        data, failed = dataset_features(
+            model, scan, files, views=views if name == "train" else VIEWS[:1], cache_dir=cache_dir,
+            progress=on_progress and (lambda d, t, name=name: on_progress(f"features {name}", d, t)))
+        sets[name] = data
+        failures += failed
+    timings["features_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    history = fit_heads(model, sets["train"], sets["val"], config, on_epoch=on_epoch)
+    timings["heads_s"] = time.perf_counter() - started
+    model.metadata = {
+        "training": {"config": config.to_dict(), "trunk_weights": str(trunk_weights), "data_dir": str(data_dir),
+                     "timings": timings},
+        "history": history,
+        "split": {"info": split.info, "files": split.assignment},
+        "available_organs": list(model.available_organs),
+        "counts": {name: len(s) for name, s in sets.items()},
+        "metrics": {name: feature_metrics(model, s) for name, s in sets.items() if len(s)},
+        "skipped": failures,
+    }
+    return TrainResult(model, history, split, scan, failures, timings)
+
+
+def save_split_next_to(path: str | os.PathLike, split: Split) -> Path:
+    """Write the split as ``<checkpoint stem>.split.json`` beside a checkpoint, for ``evaluate --split``."""
+    target = Path(path).with_suffix(".split.json")
+    split.save(target)
+    return target

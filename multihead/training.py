@@ -1,0 +1,213 @@
+"""Train the heads on cached trunk features: the joint combined cross-entropy and two baselines.
+
+The combined loss, cross-entropy of the router plus cross-entropy of the sample's true organ head, equals
+the negative log of the joint probability P(organ) * P(subtype | organ) of the true subtype, so one
+``nll_loss`` on ``joint_log_probs`` computes it. Methods:
+
+- ``multihead``: router and all heads trained together on that joint loss.
+- ``per-organ``: the paper's method: each organ's head trained alone on its organ's images (plus a
+  router trained alone, so the checkpoint can still be deployed); the best epoch is chosen per head.
+- ``flat``: one 26-way softmax over all subtype logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .features import FeatureSet
+from .model import HeadOutput, MultiHeadModel
+
+__all__ = ["METHODS", "PRESETS", "TrainConfig", "feature_metrics", "fit_heads"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("multihead", "per-organ", "flat")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how the heads are trained; stored in the checkpoint."""
+
+    # what
+    method: str = "multihead"
+    # optimisation (Adam)
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    class_weighting: bool = True
+    seed: int = 0
+    # data: "identity" trains on the image as it is; "dihedral" on a random flip/90-degree view each step
+    views: str = "dihedral"
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        if self.views not in ("identity", "dihedral"):
+            raise ValueError(f"views must be 'identity' or 'dihedral', got {self.views!r}")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def override(self, **changes: object) -> TrainConfig:
+        """A copy with the given fields changed; ``None`` values are ignored (unset CLI options)."""
+        unknown = sorted(set(changes) - set(asdict(self)))
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; expected some of {sorted(asdict(self))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PRESETS = {
+    "default": TrainConfig(),
+    # The paper: Adam, lr 1e-3, batch 32, 4 epochs, last layer only, no class weighting.
+    "paper": TrainConfig(epochs=4, lr=1e-3, batch_size=32, weight_decay=0.0, class_weighting=False, views="identity"),
+}
+
+
+def _sample_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency weights with mean 1: every class counts as much as every other."""
+    counts = torch.bincount(labels).float()
+    weights = 1.0 / counts[labels]
+    return weights * (len(labels) / weights.sum())
+
+
+def _organ_subset(data: FeatureSet, organ_index: int) -> FeatureSet:
+    return data.subset([p for p, o in zip(data.relpaths, data.organs.tolist()) if o == organ_index])
+
+
+def feature_metrics(model: MultiHeadModel, data: FeatureSet) -> dict[str, float]:
+    """Loss (joint NLL) and accuracies on the identity view of cached features."""
+    if len(data) == 0:
+        return {}
+    with torch.no_grad():
+        out = model.forward_heads(data.features[:, 0].to(model.device))
+        organ, subtype = model.decide(out)
+        organs, subtypes = data.organs.to(model.device), data.subtypes.to(model.device)
+        in_true_organ = model._subtype_organ.unsqueeze(0) == organs.unsqueeze(1)
+        given_organ = out.joint_log_probs.masked_fill(~in_true_organ, float("-inf")).argmax(1)
+        nll = -out.joint_log_probs.gather(1, subtypes[:, None]).clamp_min(-1e4).mean()
+    return {
+        "loss": float(nll),
+        "router_accuracy": float((organ == organs).float().mean()),
+        "accuracy": float((subtype == subtypes).float().mean()),
+        "accuracy_given_organ": float((given_organ == subtypes).float().mean()),
+    }
+
+
+def _score(metrics: dict[str, float], key: str) -> float:
+    return metrics[key] - 1e-3 * metrics["loss"]
+
+
+LossFn = Callable[[HeadOutput, torch.Tensor], torch.Tensor]
+
+
+def _fit(model: MultiHeadModel, params: list[nn.Parameter], loss_fn: LossFn,
+         train: FeatureSet, val: FeatureSet | None, config: TrainConfig, *, score_key: str, label: str,
+         on_epoch: Callable[[dict[str, object]], None] | None) -> list[dict[str, object]]:
+    """Adam over ``params``; keeps the parameters of the epoch with the best validation score."""
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    n, n_views = len(train), train.features.shape[1]
+    history: list[dict[str, object]] = []
+    best_score, best_state = float("-inf"), None
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, config.batch_size):
+            rows = order[start:start + config.batch_size]
+            view = torch.randint(n_views, (len(rows),), generator=generator)
+            features = train.features[rows, view].to(model.device)
+            loss = loss_fn(model.forward_heads(features), rows)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        record: dict[str, object] = {"epoch": epoch, "part": label, "train": feature_metrics(model, train)}
+        if val is not None and len(val):
+            record["val"] = feature_metrics(model, val)
+        score = _score(record.get("val") or record["train"], score_key)  # type: ignore[arg-type]
+        if score > best_score:
+            best_score, best_state = score, [p.detach().clone() for p in params]
+            record["best"] = True
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+    if best_state is not None:
+        with torch.no_grad():
+            for param, value in zip(params, best_state):
+                param.copy_(value)
+    return history
+
+
+def fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, config: TrainConfig, *,
+              on_epoch: Callable[[dict[str, object]], None] | None = None) -> list[dict[str, object]]:
+    """Train ``model``'s heads in place on cached features with ``config.method``; returns the history.
+
+    Organs with no training image are switched off (``model.available_organs``): the model never offers
+    an answer it has not seen.
+    """
+    if len(train) == 0:
+        raise ValueError("no training images: the training split is empty")
+    if config.views == "identity":
+        train = FeatureSet(train.features[:, :1], train.organs, train.subtypes, train.relpaths, train.views[:1])
+    taxonomy = model.taxonomy
+    present = sorted(set(train.organs.tolist()))
+    model.set_available_organs([taxonomy.organ_names[i] for i in present])
+    model.joint = "flat" if config.method == "flat" else "hierarchical"
+    model.reset_heads(config.seed)
+    organs, subtypes = train.organs.to(model.device), train.subtypes.to(model.device)
+    ones = torch.ones(len(train), device=model.device)
+    subtype_weight = _sample_weights(subtypes) if config.class_weighting else ones
+
+    if config.method in ("multihead", "flat"):
+        def joint_loss(out: HeadOutput, rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(model.device)
+            nll = F.nll_loss(out.joint_log_probs, subtypes[rows], reduction="none")
+            return (nll * subtype_weight[rows]).sum() / subtype_weight[rows].sum()
+
+        params = model.head_parameters() if config.method == "multihead" else list(model.heads.parameters())
+        return _fit(model, params, joint_loss, train, val, config, score_key="accuracy", label=config.method,
+                    on_epoch=on_epoch)
+
+    # per-organ: the router alone, then each organ's head alone on its own images.
+    organ_weight = _sample_weights(organs) if config.class_weighting else ones
+
+    def router_loss(out: HeadOutput, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(model.device)
+        nll = F.cross_entropy(out.router_logits, organs[rows], reduction="none")
+        return (nll * organ_weight[rows]).sum() / organ_weight[rows].sum()
+
+    history = _fit(model, list(model.router.parameters()), router_loss, train, val, config,
+                   score_key="router_accuracy", label="router", on_epoch=on_epoch)
+    for organ_index in present:
+        name = taxonomy.organ_names[organ_index]
+        part = _organ_subset(train, organ_index)
+        part_val = _organ_subset(val, organ_index) if val is not None else None
+        part_subtypes = part.subtypes.to(model.device)
+        weight = _sample_weights(part_subtypes) if config.class_weighting else torch.ones_like(part_subtypes).float()
+        offset = taxonomy.head_offsets[organ_index]
+        size = taxonomy.head_sizes[organ_index]
+
+        def head_loss(out: HeadOutput, rows: torch.Tensor, offset=offset, size=size,
+                      part_subtypes=part_subtypes, weight=weight) -> torch.Tensor:
+            rows = rows.to(model.device)
+            logits = out.subtype_logits[:, offset:offset + size]
+            nll = F.cross_entropy(logits, part_subtypes[rows] - offset, reduction="none")
+            return (nll * weight[rows]).sum() / weight[rows].sum()
+
+        history += _fit(model, list(model.heads[name].parameters()), head_loss, part, part_val,
+                        copy.copy(config), score_key="accuracy_given_organ", label=f"head:{name}", on_epoch=on_epoch)
+    return history
