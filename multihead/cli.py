@@ -76,11 +76,15 @@ def classify(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Show the K most probable subtypes.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    plot: Annotated[Path | None, typer.Option(help="Write the prediction figure (image + probability bars) "
+                                                   "of the first image to this PNG.")] = None,
 ) -> None:
     """Classify images: organ and subtype from one forward pass. Unreadable files are listed, not fatal."""
     from .inference import InferenceConfig, classify_files, resolve_model
 
     resolved = resolve_model(model).to(device)
+    if plot is not None:
+        _plot_prediction(next(iter(expand_inputs(inputs)), None), resolved, plot)
     results = classify_files(expand_inputs(inputs), resolved, config=InferenceConfig(batch_size=batch_size))
     columns = [Column("file", overflow="fold"), "organ", "P(organ)", "subtype", "P(subtype)"]
     table = Table(*columns, *(["top subtypes"] if top_k > 1 else []))
@@ -137,6 +141,67 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
     for key in ("training", "metrics"):
         if key in metadata:
             console.print(f"{key}: {json.dumps(metadata[key])[:2000]}", highlight=False)
+
+
+def _plot_prediction(image_path: Path | None, model: Any, out: Path) -> None:
+    from .images import read_image
+    from .inference import classify as classify_image
+    from .reports import plot_prediction
+
+    if image_path is None:
+        raise ValueError("--plot needs at least one image")
+    image = read_image(image_path)
+    figure = plot_prediction(image, classify_image(image, model=model), taxonomy=model.taxonomy)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    err_console.print(f"wrote {out}")
+
+
+@app.command()
+@_library_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.", exists=True, dir_okay=False)],
+    data_dir: Annotated[Path, typer.Argument(help="Folder of <organ>/<subtype>/<image> files.", exists=True,
+                                             file_okay=False)],
+    report: Annotated[Path, typer.Option("--report", help="Folder for report.md, report.json and figures.")],
+    split: Annotated[Path | None, typer.Option(help="Split file; without it every image is evaluated.",
+                                               exists=True, dir_okay=False)] = None,
+    subset: Annotated[str, typer.Option(help="train, val or test (with --split).")] = "test",
+    compare: Annotated[list[Path] | None, typer.Option(help="Baseline checkpoints to put beside this model.",
+                                                       exists=True, dir_okay=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print report.json to stdout.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+) -> None:
+    """The paper's metrics per organ and subtype, beside the paper's numbers and any baselines."""
+    from .checkpoint import load
+    from .evaluation import evaluate_folder
+    from .reports import markdown_report, write_report
+    from .splits import Split
+
+    chosen = Split.load(split) if split else None
+    loaded = load(model)
+    result, failures = evaluate_folder(loaded, data_dir, split=chosen, subset=subset, cache_dir=cache_dir)
+    val_result = None
+    if chosen is not None and subset == "test" and chosen.files("val"):
+        val_result, _ = evaluate_folder(loaded, data_dir, split=chosen, subset="val", cache_dir=cache_dir)
+    others = {}
+    for path in compare or []:
+        other = load(path)
+        others[f"{path.stem} ({other.metadata.get('training', {}).get('config', {}).get('method', '?')})"] = (
+            evaluate_folder(other, data_dir, split=chosen, subset=subset, cache_dir=cache_dir)[0])
+    result["compare"] = others
+    training = loaded.metadata.get("training", {})
+    info = {"path": str(model), "trunk": loaded.trunk.name, "config": training.get("config", {})}
+    text = markdown_report(result, title=f"Evaluation of {model.name}", model_info=info, val_report=val_result,
+                           compare=others)
+    written = write_report(report, result, loaded.taxonomy, history=loaded.metadata.get("history", []),
+                           markdown=text)
+    typer.echo(text)
+    if as_json:
+        typer.echo(json.dumps(result, default=float))
+    err_console.print(f"wrote {len(written)} files to {report}")
+    if failures:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def main() -> None:  # pragma: no cover - console script entry point

@@ -1,0 +1,178 @@
+"""The paper's metrics, computed with scikit-learn, kept apart for the router, each organ and end to end.
+
+Everything here takes labels and probabilities and returns plain dicts (JSON-ready, fractions in [0, 1]);
+drawing lives in :mod:`multihead.reports`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from .data import scan_dataset
+from .features import VIEWS
+from .model import MultiHeadModel
+from .runs import dataset_features
+from .splits import Split
+from .taxonomy import Taxonomy
+
+__all__ = [
+    "PAPER_TEST_ACCURACY",
+    "EvaluationData",
+    "bootstrap_interval",
+    "evaluate_folder",
+    "expected_calibration_error",
+    "metrics_report",
+    "predict_features",
+]
+
+PAPER_TEST_ACCURACY = {
+    "breast": 0.983, "oral": 0.805, "lymphoma": 0.869, "cervix": 0.949,
+    "lung_colon": 0.981, "brain": 0.929, "kidney": 0.980, "all": 0.991,
+}
+"""Test accuracy of the paper's eight separately trained ResNet18 models (organ known in advance)."""
+
+
+@dataclass
+class EvaluationData:
+    """True labels and one forward pass's outputs for a set of images (numpy, global subtype indices)."""
+
+    subtypes: np.ndarray
+    joint_probs: np.ndarray
+    pred_organs: np.ndarray
+    pred_subtypes: np.ndarray
+    pred_given_organ: np.ndarray
+    """Best subtype within the true organ's head: the paper's setting, where the organ is known."""
+    relpaths: list[str]
+
+
+def predict_features(model: MultiHeadModel, features: torch.Tensor, subtypes: torch.Tensor,
+                     relpaths: list[str]) -> EvaluationData:
+    """Run the heads on identity-view features ``[N, F]`` and decide, as ``classify`` does."""
+    with torch.no_grad():
+        out = model.forward_heads(features.to(model.device))
+        organs, chosen = model.decide(out)
+        true_organs = model._subtype_organ[subtypes.to(model.device)]
+        in_true = model._subtype_organ.unsqueeze(0) == true_organs.unsqueeze(1)
+        given = out.joint_log_probs.masked_fill(~in_true, float("-inf")).argmax(1)
+    return EvaluationData(subtypes.numpy(), out.joint_probs.double().cpu().numpy(), organs.cpu().numpy(),
+                          chosen.cpu().numpy(), given.cpu().numpy(), list(relpaths))
+
+
+def bootstrap_interval(correct: np.ndarray, *, n_resamples: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of a 0/1 vector (``[nan, nan]`` when empty)."""
+    if len(correct) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), size=(n_resamples, len(correct)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 15) -> float:
+    """ECE: the bin-weighted gap between confidence and accuracy over equal-width confidence bins."""
+    if len(confidence) == 0:
+        return float("nan")
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    gap = 0.0
+    for b in range(n_bins):
+        members = bins == b
+        if members.any():
+            gap += members.mean() * abs(confidence[members].mean() - correct[members].mean())
+    return float(gap)
+
+
+def _prf(y_true: np.ndarray, y_pred: np.ndarray, labels: list[int]) -> dict[str, float]:
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
+                                                               zero_division=0)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def metrics_report(taxonomy: Taxonomy, data: EvaluationData, *, n_resamples: int = 1000,
+                   seed: int = 0) -> dict[str, object]:
+    """Router, end-to-end and per-organ / per-subtype metrics with bootstrap intervals and calibration.
+
+    Per organ, ``accuracy`` is end to end (organ and subtype both right, from the one forward pass) and
+    ``accuracy_given_organ`` is the paper's setting (the true organ's head alone). Organs without images
+    are listed with ``n = 0`` and no scores.
+    """
+    organ_of = np.array(taxonomy.subtype_organ_indices)
+    true_organs = organ_of[data.subtypes] if len(data.subtypes) else np.array([], dtype=int)
+    correct = data.pred_subtypes == data.subtypes
+    router_correct = data.pred_organs == true_organs
+    present_organs = sorted(set(true_organs.tolist()))
+    present_subtypes = sorted(set(data.subtypes.tolist()))
+    report: dict[str, object] = {
+        "n_images": len(data.subtypes),
+        "router": {
+            "accuracy": float(router_correct.mean()) if len(correct) else float("nan"),
+            "accuracy_ci95": bootstrap_interval(router_correct.astype(float), n_resamples=n_resamples, seed=seed),
+            "macro_f1": float(f1_score(true_organs, data.pred_organs, labels=present_organs, average="macro",
+                                       zero_division=0)) if len(correct) else float("nan"),
+            "confusion_matrix": confusion_matrix(true_organs, data.pred_organs,
+                                                 labels=list(range(taxonomy.num_organs))).tolist(),
+        },
+        "overall": {
+            "accuracy": float(accuracy_score(data.subtypes, data.pred_subtypes)) if len(correct) else float("nan"),
+            "accuracy_ci95": bootstrap_interval(correct.astype(float), n_resamples=n_resamples, seed=seed),
+            "macro_f1": float(f1_score(data.subtypes, data.pred_subtypes, labels=present_subtypes, average="macro",
+                                       zero_division=0)) if len(correct) else float("nan"),
+            "ece": expected_calibration_error(data.joint_probs.max(axis=1) if len(correct) else np.array([]),
+                                              correct.astype(float)),
+            "confusion_matrix": confusion_matrix(data.subtypes, data.pred_subtypes,
+                                                 labels=list(range(taxonomy.num_subtypes))).tolist(),
+        },
+        "organs": {},
+        "subtypes": {},
+        "paper": dict(PAPER_TEST_ACCURACY) if taxonomy.name == "multi_cancer" else {},
+    }
+    for index, organ in enumerate(taxonomy.organs):
+        mine = true_organs == index
+        labels = list(range(taxonomy.head_offsets[index], taxonomy.head_offsets[index] + len(organ.subtypes)))
+        entry: dict[str, object] = {"n": int(mine.sum())}
+        if mine.any():
+            given = data.pred_given_organ[mine] == data.subtypes[mine]
+            entry.update({
+                "accuracy": float(correct[mine].mean()),
+                "accuracy_ci95": bootstrap_interval(correct[mine].astype(float), n_resamples=n_resamples, seed=seed),
+                "accuracy_given_organ": float(given.mean()),
+                "accuracy_given_organ_ci95": bootstrap_interval(given.astype(float), n_resamples=n_resamples,
+                                                                seed=seed),
+                "router_recall": float(router_correct[mine].mean()),
+                **_prf(data.subtypes[mine], data.pred_subtypes[mine], labels),
+                "confusion_matrix": confusion_matrix(data.subtypes[mine], data.pred_given_organ[mine],
+                                                     labels=labels).tolist(),
+            })
+        report["organs"][organ.name] = entry  # type: ignore[index]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        data.subtypes, data.pred_subtypes, labels=list(range(taxonomy.num_subtypes)), zero_division=0)
+    for index, name in enumerate(taxonomy.subtype_names):
+        report["subtypes"][name] = {  # type: ignore[index]
+            "precision": float(precision[index]), "recall": float(recall[index]), "f1": float(f1[index]),
+            "support": int(support[index]),
+        }
+    return report
+
+
+def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike, *, split: Split | None = None,
+                    subset: str = "test", cache_dir: str | os.PathLike | None = None,
+                    n_resamples: int = 1000) -> tuple[dict[str, object], list[tuple[str, str]]]:
+    """Evaluate ``model`` on every image under ``data_dir``, or on one subset of a split of it.
+
+    Returns the metrics report and the files that could not be read ``(relpath, reason)``.
+    """
+    scan = scan_dataset(data_dir, model.taxonomy)
+    relpaths = [r.relpath for r in scan.records] if split is None else split.files(subset)
+    if not relpaths:
+        raise ValueError(f"no images to evaluate in {data_dir}" + (f" (subset {subset!r})" if split else ""))
+    data, failures = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir)
+    if len(data) == 0:
+        raise ValueError(f"none of the {len(relpaths)} images in {data_dir} could be read")
+    evaluation = predict_features(model, data.features[:, 0], data.subtypes, data.relpaths)
+    report = metrics_report(model.taxonomy, evaluation, n_resamples=n_resamples)
+    report["skipped"] = [{"file": f, "reason": r} for f, r in failures]
+    report["subset"] = subset if split is not None else "all"
+    return report, failures
