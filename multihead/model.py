@@ -69,6 +69,8 @@ class MultiHeadModel(nn.Module):
             {organ.name: nn.Linear(trunk.num_features, len(organ.subtypes)) for organ in taxonomy.organs}
         )
         self.register_buffer("organ_mask", torch.ones(taxonomy.num_organs, dtype=torch.bool))
+        # 1 / temperature for every output column (router, then each head's subtypes); set by calibration
+        self.register_buffer("logit_scale", torch.ones(taxonomy.num_organs + taxonomy.num_subtypes))
         self.metadata: dict[str, Any] = {}
         """Training config, history, split and metrics; written into checkpoints as JSON."""
         self._register_index_buffers()
@@ -103,7 +105,7 @@ class MultiHeadModel(nn.Module):
     def forward_heads(self, features: torch.Tensor) -> HeadOutput:
         """Pooled features -> every head's logits and the joint log-probabilities, in one matmul."""
         weight, bias = self.fused_head_parameters()
-        logits = F.linear(features.to(weight.dtype), weight, bias)
+        logits = F.linear(features.to(weight.dtype), weight, bias) * self.logit_scale
         router_logits, subtype_logits = logits.split([self.taxonomy.num_organs, self.taxonomy.num_subtypes], dim=1)
         if self.joint == "flat":
             subtype_logits = subtype_logits.masked_fill(~self.organ_mask[self._subtype_organ], float("-inf"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .calibration import fit_temperatures
 from .data import DatasetScan, scan_dataset
 from .features import VIEWS, FeatureSet, extract_features
 from .inference import InferenceConfig
@@ -115,6 +116,10 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     started = time.perf_counter()
     history = fit_heads(model, sets["train"], sets["val"], config, on_epoch=on_epoch)
     timings["heads_s"] = time.perf_counter() - started
+    calibration = None
+    if config.calibrate and len(sets["val"]):
+        calibration = fit_temperatures(model, sets["val"])
+        stage(f"temperature scaling on the validation split: {calibration}")
     model.metadata = {
         "training": {"config": config.to_dict(), "trunk_weights": str(trunk_weights), "data_dir": str(data_dir),
                      "timings": timings},
@@ -124,6 +129,7 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
         "counts": {name: len(s) for name, s in sets.items()},
         "metrics": {name: feature_metrics(model, s) for name, s in sets.items() if len(s)},
         "skipped": failures,
+        "calibration": calibration,
     }
     return TrainResult(model, history, split, scan, failures, timings)
 

@@ -47,6 +47,8 @@ class TrainConfig:
     # data: "identity" trains on the image as it is; "dihedral" on a random flip/90-degree view each step
     views: str = "dihedral"
     image_size: int | None = None
+    # probabilities: temperature scaling on the validation split after training (changes no prediction)
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -73,7 +75,8 @@ class TrainConfig:
 PRESETS = {
     "default": TrainConfig(),
     # The paper: Adam, lr 1e-3, batch 32, 4 epochs, last layer only, no class weighting.
-    "paper": TrainConfig(epochs=4, lr=1e-3, batch_size=32, weight_decay=0.0, class_weighting=False, views="identity"),
+    "paper": TrainConfig(epochs=4, lr=1e-3, batch_size=32, weight_decay=0.0, class_weighting=False, views="identity",
+                         calibrate=False),
 }
 
 
@@ -168,6 +171,7 @@ def fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, 
     model.set_available_organs([taxonomy.organ_names[i] for i in present])
     model.joint = "flat" if config.method == "flat" else "hierarchical"
     model.reset_heads(config.seed)
+    model.logit_scale.fill_(1.0)
     organs, subtypes = train.organs.to(model.device), train.subtypes.to(model.device)
     ones = torch.ones(len(train), device=model.device)
     subtype_weight = _sample_weights(subtypes) if config.class_weighting else ones

@@ -194,3 +194,19 @@ def test_train_cli_rejects_unknown_options(small_dataset, tmp_path):
     result = runner.invoke(app, ["train", str(small_dataset), "--out", str(tmp_path / "m.safetensors"),
                                  "--method", "nine-models", "--trunk-weights", "none"])
     assert result.exit_code == 1 and "nine-models" in result.output
+
+
+def test_temperature_scaling_changes_no_prediction_and_lowers_nll(tiny_model):
+    from multihead.calibration import fit_temperatures
+
+    model = multihead.create_model(tiny_model.trunk, seed=0)
+    train, val = _separable_features(seed=0), _separable_features(seed=1, n_per_class=6)
+    fit_heads(model, train, None, TrainConfig(epochs=30, lr=1e-2, views="identity"))  # over-confident
+    before = model.forward_heads(val.features[:, 0])
+    nll_before = feature_metrics(model, val)["loss"]
+    temperatures = fit_temperatures(model, val)
+    after = model.forward_heads(val.features[:, 0])
+    assert set(temperatures["heads"]) == {"all", "brain", "lymphoma"}
+    assert torch.equal(model.decide(before)[1], model.decide(after)[1])
+    assert feature_metrics(model, val)["loss"] <= nll_before + 1e-6
+    torch.testing.assert_close(after.joint_probs.sum(1), torch.ones(len(val)))
