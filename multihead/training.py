@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -155,6 +156,18 @@ def _fit(model: MultiHeadModel, params: list[nn.Parameter], loss_fn: LossFn,
     return history
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Head training is thousands of tiny matmuls: one thread beats two (measured 5 s against 56 s for
+    20 epochs on 4,900 samples of a busy 2-core CPU), since the threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, config: TrainConfig, *,
               on_epoch: Callable[[dict[str, object]], None] | None = None) -> list[dict[str, object]]:
     """Train ``model``'s heads in place on cached features with ``config.method``; returns the history.
@@ -162,6 +175,12 @@ def fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, 
     Organs with no training image are switched off (``model.available_organs``): the model never offers
     an answer it has not seen.
     """
+    with _one_thread():
+        return _fit_heads(model, train, val, config, on_epoch)
+
+
+def _fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, config: TrainConfig,
+               on_epoch: Callable[[dict[str, object]], None] | None) -> list[dict[str, object]]:
     if len(train) == 0:
         raise ValueError("no training images: the training split is empty")
     if config.views == "identity":

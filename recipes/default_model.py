@@ -1,0 +1,78 @@
+"""Reproduce the bundled default model, ``multihead/weights/default.safetensors``, from the shared data.
+
+    python recipes/default_model.py                      # the shipped file: ImageNet MobileNetV2 trunk
+    python recipes/default_model.py --trunk resnet18 --trunk-weights imagenet --data KAGGLE_DIR --out model.safetensors
+
+Same seed, same leak-free split, same configuration as the shipped file. The embedded trunk is stored in
+float16 only if that changes no prediction on the test split (checked here, and recorded in the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+import multihead
+from multihead.evaluation import evaluate_folder
+from multihead.features import VIEWS
+from multihead.inference import run_batch
+from multihead.runs import dataset_features, train_from_folder
+from multihead.training import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEFAULT_OUT = REPO / "multihead" / "weights" / "default.safetensors"
+RECIPE = {"preset": "default", "overrides": {}, "trunk": "mobilenet_v2",
+          "trunk_weights": str(SHARED / "weights" / "mobilenet_v2-imagenet-features.safetensors")}
+
+
+def _changed_predictions(model: multihead.MultiHeadModel, half: multihead.MultiHeadModel, result) -> int:
+    """How many test-split predictions differ between the float32 trunk and the float16-rounded one."""
+    data, _ = dataset_features(model, result.scan, result.split.files("test"), views=VIEWS[:1], cache_dir=None)
+    paths = {r.relpath: r.path for r in result.scan.records}
+    changed = 0
+    for start in range(0, len(data), 64):
+        batch = torch.stack([model.preprocessing.load(paths[p]) for p in data.relpaths[start:start + 64]])
+        full, rounded = model.decide(run_batch(model, batch))[1], half.decide(run_batch(half, batch))[1]
+        changed += int((full != rounded).sum())
+    return changed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "multi-cancer-sample")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--trunk", default=RECIPE["trunk"])
+    parser.add_argument("--trunk-weights", default=RECIPE["trunk_weights"])
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    config = PRESETS[RECIPE["preset"]].override(**RECIPE["overrides"])
+    started = time.perf_counter()
+    result = train_from_folder(args.data, config=config, trunk=args.trunk, trunk_weights=args.trunk_weights,
+                               cache_dir=args.cache_dir, on_stage=print)
+    model = result.model
+    test, _ = evaluate_folder(model, args.data, split=result.split, subset="test", cache_dir=args.cache_dir)
+    model.metadata["test_report"] = {k: test[k] for k in ("n_images", "router", "overall", "organs", "paper")}
+    model.metadata["recipe"] = {**RECIPE, "script": "recipes/default_model.py", "data": str(args.data),
+                                "trunk": args.trunk, "trunk_weights": str(args.trunk_weights)}
+
+    trunk_dtype = "float32"
+    if model.trunk.weights_id is None:  # embedded: try float16 storage
+        tmp = args.out.with_suffix(".fp16-check.safetensors")
+        model.save(tmp, trunk_dtype="float16")
+        changed = _changed_predictions(model, multihead.load(tmp), result)
+        tmp.unlink()
+        model.metadata["float16_trunk_check"] = {"test_images": test["n_images"], "changed_predictions": changed}
+        trunk_dtype = "float16" if changed == 0 else "float32"
+        print(f"float16 trunk changes {changed} of {test['n_images']} test predictions -> storing {trunk_dtype}")
+    model.save(args.out, trunk_dtype=trunk_dtype)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.0f} s; "
+          f"test router accuracy {test['router']['accuracy']:.4f}, overall {test['overall']['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
