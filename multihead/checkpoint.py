@@ -163,12 +163,10 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
             trunk_state = {k[len("trunk."):]: reader.get_tensor(k).to(v.dtype) for k, v in trunk_keys.items()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: tensors cannot be read, the file may be truncated ({err})") from None
-    for key, tensor in head_state.items():
-        if tensor.shape != heads[key].shape:
-            raise CheckpointError(
-                f"{path}: tensor {key} has shape {tuple(tensor.shape)} but the taxonomy in its metadata needs "
-                f"{tuple(heads[key].shape)}"
-            )
+    wrong = [f"{key} has shape {tuple(tensor.shape)}, needs {tuple(heads[key].shape)}"
+             for key, tensor in head_state.items() if tensor.shape != heads[key].shape]
+    if wrong:
+        raise CheckpointError(f"{path}: tensors do not fit the taxonomy in its metadata: {'; '.join(wrong[:5])}")
     if embedded:
         try:
             trunk.load_weights(trunk_state)

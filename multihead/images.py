@@ -73,12 +73,12 @@ def _check_is_file(path: str | bytes | os.PathLike, name: str) -> None:
     except ValueError as err:  # an embedded NUL byte
         problem = f"is not a valid file name ({err})"
     else:
-        if stat.S_ISREG(mode) and size > 0:
-            return
-        if stat.S_ISREG(mode):
+        if not stat.S_ISREG(mode):
+            problem = "is a folder, not an image file" if stat.S_ISDIR(mode) else "is not a regular file"
+        elif size == 0:
             problem = "is empty (0 bytes)"
         else:
-            problem = "is a folder, not an image file" if stat.S_ISDIR(mode) else "is not a regular file"
+            return
     raise ImageError(f"{name}: {problem}")
 
 
@@ -100,10 +100,11 @@ def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFA
     name = describe_input(path)
     _check_is_file(path, name)
     try:
-        with open(path, "rb") as handle:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is the limit
-                image = Image.open(handle, formats=IMAGE_FORMATS)
+        # Pillow's warnings (corrupt EXIF, oversized tags, its own bomb warning: max_pixels is the limit here)
+        # are silenced: the outcome is an image or one ImageError.
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(handle, formats=IMAGE_FORMATS)
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise ImageError(
                     f"{name}: {image.width}x{image.height} pixels is more than the limit of {max_pixels:,}; "
@@ -186,7 +187,7 @@ def _to_uint8_chw(tensor: torch.Tensor, source: str) -> torch.Tensor:
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
         raise ImageError(f"{source}: expected a CxHxW tensor with C in (1, 3, 4), got shape {tuple(tensor.shape)}")
     if tensor.shape[1] < 1 or tensor.shape[2] < 1:
-        raise ImageError(f"{source}: image has no pixels (shape {tuple(tensor.shape)})")
+        raise ImageError(f"{source}: image has no pixels (a height or width of 0)")
     if tensor.dtype == torch.uint8:
         out = tensor
     elif tensor.is_floating_point():

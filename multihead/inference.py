@@ -26,7 +26,6 @@ __all__ = [
     "Prediction",
     "classify",
     "classify_files",
-    "cpu_has_native_bf16",
     "default_model_path",
     "predict_batch",
     "resolve_model",
@@ -42,44 +41,34 @@ MODEL_ENV = "MULTIHEAD_MODEL"
 class InferenceConfig:
     """How batches run. ``precision`` applies to the trunk only (autocast); heads stay float32.
 
-    The defaults (``precision="auto"``, ``channels_last=None``) pick, per device, what was measured fastest
-    and matched float32 (docs/benchmarks.md): bf16 autocast and channels_last on a CPU with native bf16
-    (AVX512-BF16 or AMX), channels_last float32 on other CPUs, float32 as before on CUDA (not measured yet).
-    Give explicit values to pin a setting; :meth:`resolve` shows what a device gets.
+    ``channels_last=None`` (the default) means channels_last on the CPU, where it was measured faster
+    than the contiguous layout with the same answers (docs/benchmarks.md), and contiguous on CUDA (not yet
+    measured there). bf16 is faster on a CPU with AVX512-BF16 but changed the predicted subtype of too
+    many images to be the default. :meth:`resolve` shows what a device gets.
     """
 
     batch_size: int = 64
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.channels_last not in (None, True, False):
-            raise ValueError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
+            raise ValueError(f"channels_last must be True, False or None (per device), got {self.channels_last!r}")
 
     def resolve(self, device: str | torch.device) -> InferenceConfig:
-        """The concrete settings on ``device``: ``"auto"`` and ``None`` replaced by the measured choice.
+        """The concrete settings on ``device``: ``channels_last=None`` replaced by the device's default.
 
         Example:
-            >>> InferenceConfig(precision="fp32").resolve("cuda").channels_last
-            False
+            >>> InferenceConfig().resolve("cpu").channels_last, InferenceConfig().resolve("cuda").channels_last
+            (True, False)
         """
-        on_cpu = torch.device(device).type == "cpu"
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if on_cpu and cpu_has_native_bf16() else "fp32"
-        channels_last = on_cpu if self.channels_last is None else self.channels_last
-        return replace(self, precision=precision, channels_last=channels_last)
-
-
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(check is not None and bool(check()) for check in checks)
+        if self.channels_last is not None:
+            return self
+        return replace(self, channels_last=torch.device(device).type == "cpu")
 
 
 @dataclass(frozen=True)
