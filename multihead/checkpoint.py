@@ -56,6 +56,7 @@ def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | 
     embed = trunk.weights_id is None if embed_trunk is None else embed_trunk
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
                if not k.startswith("trunk.")}
+    heads_sha256 = fingerprint_state_dict(tensors)
     fingerprint = trunk.fingerprint
     if embed:
         stored = _trunk_state_as_stored(model, _DTYPES[trunk_dtype])
@@ -69,6 +70,7 @@ def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | 
         "trunk": json.dumps(trunk_spec, sort_keys=True),
         "preprocessing": model.preprocessing.to_json(),
         "joint": model.joint,
+        "heads_sha256": heads_sha256,
         "metadata": json.dumps(model.metadata, sort_keys=True, default=str),
     }
     _atomic_save(tensors, metadata, Path(path))
@@ -117,6 +119,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             "preprocessing": Preprocessing.from_json(raw["preprocessing"]),
             "metadata": json.loads(raw.get("metadata", "{}")),
             "joint": raw.get("joint", "hierarchical"),
+            "heads_sha256": raw.get("heads_sha256"),
             "keys": keys,
         }
     except (KeyError, ValueError, TypeError) as err:
@@ -177,6 +180,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
             f"{path}: trunk {name!r} weights have fingerprint {trunk.fingerprint[:12]}..., the checkpoint was "
             f"trained on {fingerprint[:12]}...; its heads do not fit these trunk weights"
         )
+    if header["heads_sha256"] is not None and fingerprint_state_dict(head_state) != header["heads_sha256"]:
+        raise CheckpointError(f"{path}: head tensors do not match the checksum in the metadata; the file is damaged")
     model.load_state_dict(head_state, strict=False)  # the trunk is loaded and verified above
     model.metadata = header["metadata"]
     return model.to(device).eval()

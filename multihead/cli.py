@@ -104,7 +104,7 @@ def classify(
             extra = [", ".join(f"{s} {p:.2f}" for s, p in prediction.top_k(top_k))] if top_k > 1 else []
             table.add_row(result.path, prediction.organ, f"{prediction.organ_probability:.3f}",
                           prediction.subtype, f"{prediction.subtype_probability:.3f}", *extra)
-    if not as_json:
+    if not as_json and seen:
         console.print(table)
     if seen == 0:
         err_console.print("[bold red]error:[/] no image files found in the given inputs")
@@ -202,6 +202,62 @@ def evaluate(
     err_console.print(f"wrote {len(written)} files to {report}")
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+@_library_errors
+def benchmark(
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    batch_size: Annotated[list[int] | None, typer.Option("--batch-size", "-b", min=1,
+                                                         help="Images per batch; repeat for several.")] = None,
+    precision: Annotated[list[str] | None, typer.Option(help="fp32, bf16 or fp16; repeat for several.")] = None,
+    system: Annotated[list[str] | None, typer.Option(
+        help="multihead, eight_models, cascade or trunk_only; repeat for several (default: all four).")] = None,
+    compiled: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the networks.")] = False,
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", help="channels_last input (default: the library's, per device).")] = None,
+    image_size: Annotated[int, typer.Option(min=32, help="Input side in pixels.")] = 224,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed batches per setting (median reported).")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed batches first.")] = 2,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the full report here.")] = None,
+) -> None:
+    """Images per second of one fused pass against eight separate models, a router cascade and the bare trunk.
+
+    Random weights, nothing downloaded; all systems on the same device at the same settings.
+    """
+    from .benchmark import SYSTEMS, run_benchmark, summarize
+    from .inference import InferenceConfig
+
+    if channels_last is None:
+        channels_last = bool(InferenceConfig().resolve(device).channels_last)
+    table = Table("system", "precision", "channels_last", "compiled", "batch", "images/s", "p50 ms", "spread")
+
+    def show(row: dict[str, Any]) -> None:
+        if row["status"] != "ok":
+            table.add_row(row["system"], row["precision"], str(row["channels_last"]), str(row["compiled"]),
+                          str(row["batch_size"]), f"[red]{row['status']}[/]", "", "")
+            return
+        table.add_row(row["system"], row["precision"], str(row["channels_last"]), str(row["compiled"]),
+                      str(row["batch_size"]), f"{row['images_per_second']:.1f}", f"{row['latency_ms_p50']:.1f}",
+                      f"{row['spread_pct']:.0f}%")
+
+    with console.status("timing..."):
+        report = run_benchmark(systems=system or SYSTEMS, device=device, batch_sizes=batch_size or [1, 8, 32],
+                               precisions=precision or ["fp32"], channels_last=[channels_last], compiled=[compiled],
+                               image_size=image_size, warmup=warmup, repeats=repeats, callback=show)
+    machine = report["machine"]
+    table.title = (f"{machine.get('gpu') or machine['cpu_model']}, {report['cpu_count']} CPUs, "
+                   f"torch {report['torch']}, {image_size} px")
+    console.print(table)
+    for entry in summarize(report):
+        ratios = ", ".join(f"{k.removeprefix('multihead_over_')} x{v:.2f}" for k, v in entry.items()
+                           if k.startswith("multihead_over_"))
+        if ratios:
+            console.print(f"multihead vs {ratios} ({entry['precision']}, batch {entry['batch_size']})")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
 
 
 def main() -> None:  # pragma: no cover - console script entry point

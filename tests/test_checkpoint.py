@@ -134,3 +134,12 @@ def test_referenced_trunk_is_not_embedded(tiny_model, tmp_path, monkeypatch):
                                             "fc.bias": torch.zeros(1000)})
     loaded = multihead.load(tmp_path / "ref.safetensors")
     assert loaded.trunk.fingerprint == trunk.fingerprint
+
+
+def test_a_changed_head_tensor_is_detected(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m.safetensors")
+    weight = tiny_model.heads["brain"].weight.detach().clone()
+    weight[0, 0] += 0.5
+    _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", tensors_update={"heads.brain.weight": weight})
+    with pytest.raises(CheckpointError, match="checksum"):
+        multihead.load(tmp_path / "bad.safetensors")
