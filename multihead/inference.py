@@ -82,6 +82,8 @@ class Prediction:
     probabilities: dict[str, float] = field(repr=False)
     organ_probabilities: dict[str, float] = field(repr=False)
     source: str | None = None
+    untrained_organs: tuple[str, ...] = ()
+    """Organs of the taxonomy the model never saw images of: never offered as answers (probability 0)."""
 
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable subtypes with their joint probabilities."""
@@ -96,6 +98,7 @@ class Prediction:
             "subtype_probability": self.subtype_probability,
             "organ_probabilities": dict(self.organ_probabilities),
             "probabilities": dict(self.probabilities),
+            "untrained_organs": list(self.untrained_organs),
         }
 
 
@@ -191,6 +194,7 @@ def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceC
     organ_probs = torch.zeros(joint.shape[0], model.taxonomy.num_organs, dtype=joint.dtype)
     organ_probs.index_add_(1, model._subtype_organ.cpu(), joint)
     organs, subtypes = model.taxonomy.organ_names, model.taxonomy.subtype_names
+    untrained = tuple(o for o in organs if o not in model.available_organs)
     predictions = []
     for row, (o, s) in enumerate(zip(organ_index.tolist(), subtype_index.tolist())):
         predictions.append(Prediction(
@@ -198,7 +202,7 @@ def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceC
             subtype=subtypes[s], subtype_probability=float(joint[row, s]),
             probabilities=dict(zip(subtypes, joint[row].tolist())),
             organ_probabilities=dict(zip(organs, organ_probs[row].tolist())),
-            source=None if sources is None else sources[row],
+            source=None if sources is None else sources[row], untrained_organs=untrained,
         ))
     return predictions
 

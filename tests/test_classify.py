@@ -132,3 +132,13 @@ def test_cli_info(model_file):
     result = runner.invoke(app, ["info", str(model_file)])
     assert result.exit_code == 0, result.output
     assert "resnet18" in result.output and "lung_colon" in result.output
+
+
+def test_prediction_names_untrained_organs(tiny_model, real_images):
+    model = multihead.create_model(tiny_model.trunk, image_size=64, seed=0)
+    model.set_available_organs(["all", "brain"])
+    prediction = multihead.classify(real_images[0], model=model)
+    assert prediction.organ in ("all", "brain")
+    assert "cervix" in prediction.untrained_organs and "brain" not in prediction.untrained_organs
+    assert prediction.to_dict()["untrained_organs"] == list(prediction.untrained_organs)
+    assert prediction.probabilities["cervix_dyk"] == 0.0
