@@ -29,7 +29,8 @@ class Preprocessing:
         image_size: side of the square input, in pixels.
         resize_mode: ``"squash"`` resizes the whole image to a square (nothing is cut off), ``"crop"``
             resizes the shorter side then takes the centre square (torchvision's ImageNet recipe).
-        mean, std: per-channel normalisation, from the trunk's weights.
+        mean: per-channel mean for normalisation, from the trunk's weights.
+        std: per-channel standard deviation, from the trunk's weights.
         interpolation: ``"bilinear"`` or ``"bicubic"`` (antialiased).
 
     Example:

@@ -77,7 +77,9 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
         config: training settings (see :data:`multihead.training.PRESETS`).
         split: a split file or :class:`Split` to reuse; default: a new leak-free split seeded by ``config.seed``.
         cache_dir: where trunk features are cached (default ``$MULTIHEAD_CACHE`` or ``~/.cache/multihead``).
-        on_stage, on_progress, on_epoch: callbacks for a user interface.
+        on_stage: called with a line of text at each stage (scan, split, calibration).
+        on_progress: called as ``(task, done, total)`` while hashing and extracting.
+        on_epoch: called with each epoch's record (losses and accuracies).
 
     Example:
         >>> result = train_from_folder("data/", trunk_weights="trunk.safetensors")  # doctest: +SKIP
