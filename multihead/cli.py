@@ -78,6 +78,7 @@ def classify(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     plot: Annotated[Path | None, typer.Option(help="Write the prediction figure (image + probability bars) "
                                                    "of the first image to this PNG.")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips and rotations (8x slower).")] = False,
 ) -> None:
     """Classify images: organ and subtype from one forward pass. Unreadable files are listed, not fatal."""
     from .inference import InferenceConfig, classify_files, resolve_model
@@ -85,8 +86,8 @@ def classify(
     resolved = resolve_model(model).to(device)
     if plot is not None:
         _plot_prediction(next(iter(expand_inputs(inputs)), None), resolved, plot)
-    results = classify_files(expand_inputs(inputs), resolved, config=InferenceConfig(batch_size=batch_size))
-    columns = [Column("file", overflow="fold"), "organ", "P(organ)", "subtype", "P(subtype)"]
+    results = classify_files(expand_inputs(inputs), resolved, config=InferenceConfig(batch_size=batch_size, tta=tta))
+    columns = [Column("file", overflow="fold"), "organ", "P(organ)", "subtype", "P(subtype)", "status"]
     table = Table(*columns, *(["top subtypes"] if top_k > 1 else []))
     seen = failed = 0
     for result in results:
@@ -99,11 +100,11 @@ def classify(
                 record["top_k"] = prediction.top_k(top_k)
             typer.echo(json.dumps(record))
         elif prediction is None:
-            table.add_row(result.path, "[red]error[/]", "", result.error or "", "")
+            table.add_row(result.path, "[red]error[/]", "", result.error or "", "", "")
         else:
             extra = [", ".join(f"{s} {p:.2f}" for s, p in prediction.top_k(top_k))] if top_k > 1 else []
             table.add_row(result.path, prediction.organ, f"{prediction.organ_probability:.3f}",
-                          prediction.subtype, f"{prediction.subtype_probability:.3f}", *extra)
+                          prediction.subtype, f"{prediction.subtype_probability:.3f}", _status(prediction), *extra)
     if not as_json and seen:
         console.print(table)
     if seen == 0:
@@ -143,6 +144,13 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
             console.print(f"{key}: {json.dumps(metadata[key])[:2000]}", highlight=False)
 
 
+def _status(prediction: Any) -> str:
+    if prediction.out_of_distribution:
+        return "[red]out of distribution[/]"
+    return {"organ_and_subtype": "ok", "organ_only": "[yellow]organ only[/]"}.get(prediction.status,
+                                                                                  "[red]uncertain[/]")
+
+
 def _plot_prediction(image_path: Path | None, model: Any, out: Path) -> None:
     from .images import read_image
     from .inference import classify as classify_image
@@ -171,6 +179,9 @@ def evaluate(
                                                        exists=True, dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Also print report.json to stdout.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Folder of images that are none of the organs: report how "
+                                                  "well the model rejects them (AUROC, FPR at 95% TPR).",
+                                             exists=True, file_okay=False)] = None,
 ) -> None:
     """The paper's metrics per organ and subtype, beside the paper's numbers and any baselines."""
     from .checkpoint import load
@@ -194,6 +205,11 @@ def evaluate(
     info = {"path": str(model), "trunk": loaded.trunk.name, "config": training.get("config", {})}
     text = markdown_report(result, title=f"Evaluation of {model.name}", model_info=info, val_report=val_result,
                            compare=others)
+    if ood is not None:
+        from .trust import ood_report
+
+        result["ood"] = ood_report(loaded, data_dir, ood, split=chosen, subset=subset, cache_dir=cache_dir)
+        text += _ood_markdown(result["ood"], ood)
     written = write_report(report, result, loaded.taxonomy, history=loaded.metadata.get("history", []),
                            markdown=text)
     typer.echo(text)
@@ -202,6 +218,36 @@ def evaluate(
     err_console.print(f"wrote {len(written)} files to {report}")
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _ood_markdown(report: dict[str, Any], folder: Path) -> str:
+    return (f"\n## Out of distribution\n\n{report['n_out']} images from `{folder}` against {report['n_in']} "
+            f"{report['subset']} images ({report['score']} score): AUROC {report['auroc']:.4f}, "
+            f"FPR at 95 % TPR {100 * report['fpr_at_95_tpr']:.1f} %. At the model's threshold "
+            f"({report['threshold']:.1f}) {100 * report['flagged_out']:.1f} % of them are flagged, and "
+            f"{100 * report['flagged_in']:.1f} % of the {report['subset']} images.\n")
+
+
+@app.command()
+@_library_errors
+def explain(
+    image: Annotated[Path, typer.Argument(help="Image to explain.", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write: the image and both heat maps.")],
+    model: ModelOption = None,
+) -> None:
+    """Grad-CAM on the shared trunk: where the router saw the organ and the head saw the subtype."""
+    from .explain import explain as explain_image
+    from .explain import plot_explanation
+    from .reports import _pyplot
+
+    explanation = explain_image(image, model=model)
+    figure = plot_explanation(explanation)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    _pyplot().close(figure)
+    p = explanation.prediction
+    console.print(f"{p.organ} / {p.subtype} ({p.status}); Grad-CAM on {explanation.layer}; wrote {out}",
+                  highlight=False)
 
 
 @app.command()

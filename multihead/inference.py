@@ -18,6 +18,7 @@ import torch
 
 from .images import ImageError, ImageInput, describe_input, is_path
 from .model import HeadOutput, MultiHeadModel
+from .trust import decide_joint, statuses, subtype_confidence
 
 __all__ = [
     "FileResult",
@@ -50,6 +51,8 @@ class InferenceConfig:
     batch_size: int = 64
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool | None = None
+    tta: bool = False
+    """Test-time augmentation: average the joint probabilities over the 8 dihedral views (8x the trunk's work)."""
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -58,6 +61,8 @@ class InferenceConfig:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.channels_last not in (None, True, False):
             raise ValueError(f"channels_last must be True, False or None (per device), got {self.channels_last!r}")
+        if self.tta not in (True, False):
+            raise ValueError(f"tta must be True or False, got {self.tta!r}")
 
     def resolve(self, device: str | torch.device) -> InferenceConfig:
         """The concrete settings on ``device``: ``channels_last=None`` replaced by the device's default.
@@ -73,7 +78,12 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's answer. ``subtype_probability`` and ``probabilities`` are joint: P(organ) * P(subtype | organ)."""
+    """One image's answer. ``subtype_probability`` and ``probabilities`` are joint: P(organ) * P(subtype | organ).
+
+    ``status`` says how much of it to trust (see :mod:`multihead.trust`): ``"organ_and_subtype"``,
+    ``"organ_only"`` (P(subtype | organ) below the model's subtype threshold) or ``"uncertain"``
+    (P(organ) below the router threshold, or out of distribution). Organ and subtype are always filled in.
+    """
 
     organ: str
     organ_probability: float
@@ -84,6 +94,14 @@ class Prediction:
     source: str | None = None
     untrained_organs: tuple[str, ...] = ()
     """Organs of the taxonomy the model never saw images of: never offered as answers (probability 0)."""
+    status: str = "organ_and_subtype"
+    subtype_confidence: float = float("nan")
+    """P(subtype | organ): the score the subtype threshold is compared with (``organ_probability`` is the router's)."""
+    ood_score: float | None = None
+    """Squared Mahalanobis distance of the trunk features to the nearest trained organ; ``None`` when the
+    model has no fitted out-of-distribution score."""
+    out_of_distribution: bool = False
+    """The image looks like none of the trained organs' images (``ood_score`` above the model's threshold)."""
 
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable subtypes with their joint probabilities."""
@@ -99,6 +117,10 @@ class Prediction:
             "organ_probabilities": dict(self.organ_probabilities),
             "probabilities": dict(self.probabilities),
             "untrained_organs": list(self.untrained_organs),
+            "status": self.status,
+            "subtype_confidence": self.subtype_confidence,
+            "ood_score": self.ood_score,
+            "out_of_distribution": self.out_of_distribution,
         }
 
 
@@ -187,12 +209,31 @@ def run_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfi
 
 def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfig = InferenceConfig(),
                   sources: Sequence[str | None] | None = None) -> list[Prediction]:
-    """A uint8 batch -> one :class:`Prediction` per image."""
-    output = run_batch(model, batch, config)
-    organ_index, subtype_index = model.decide(output)
-    joint = output.joint_probs.double().cpu()
+    """A uint8 batch -> one :class:`Prediction` per image, with its trust status and OOD score.
+
+    With ``config.tta`` the joint probabilities are averaged over the 8 dihedral views; the OOD score
+    always comes from the image as it is (the view its threshold was fitted on).
+    """
+    features = run_features(model, batch, config)
+    with torch.inference_mode():
+        output = model.forward_heads(features)
+        ood = model.ood_score(features).double().cpu() if model.ood_fitted else None
+        if config.tta:
+            from .features import VIEWS, apply_view  # features imports this module
+
+            joint = output.joint_probs.double()
+            for view in VIEWS[1:]:
+                joint += model.forward_heads(run_features(model, apply_view(batch, view), config)).joint_probs.double()
+            joint = (joint / len(VIEWS)).cpu()
+            organ_index, subtype_index = decide_joint(model, joint)
+        else:
+            joint = output.joint_probs.double().cpu()
+            organ_index, subtype_index = (t.cpu() for t in model.decide(output))
     organ_probs = torch.zeros(joint.shape[0], model.taxonomy.num_organs, dtype=joint.dtype)
     organ_probs.index_add_(1, model._subtype_organ.cpu(), joint)
+    _, conditional = subtype_confidence(model, joint, organ_index, subtype_index)
+    flagged = ood > float(model.ood_threshold) if ood is not None else None
+    status = statuses(model, organ_probs.gather(1, organ_index.unsqueeze(1)).squeeze(1), conditional, flagged)
     organs, subtypes = model.taxonomy.organ_names, model.taxonomy.subtype_names
     untrained = tuple(o for o in organs if o not in model.available_organs)
     predictions = []
@@ -203,6 +244,9 @@ def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceC
             probabilities=dict(zip(subtypes, joint[row].tolist())),
             organ_probabilities=dict(zip(organs, organ_probs[row].tolist())),
             source=None if sources is None else sources[row], untrained_organs=untrained,
+            status=status[row], subtype_confidence=float(conditional[row]),
+            ood_score=None if ood is None else float(ood[row]),
+            out_of_distribution=False if flagged is None else bool(flagged[row]),
         ))
     return predictions
 
@@ -214,7 +258,7 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *,
              batch_size: int | None = None, device: str | torch.device | None = None,
-             config: InferenceConfig | None = None) -> Prediction | list[Prediction]:
+             config: InferenceConfig | None = None, tta: bool | None = None) -> Prediction | list[Prediction]:
     """Classify one image or a list of images in one forward pass each batch.
 
     Args:
@@ -222,6 +266,7 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
         model: a loaded model, a checkpoint path, or ``None`` for ``$MULTIHEAD_MODEL`` / the default model.
         batch_size: images per forward pass for lists (default from ``config``).
         device: move the model there first (default: where it is).
+        tta: average over the 8 dihedral views (default from ``config``): steadier answers, 8x the time.
 
     Returns:
         A :class:`Prediction`, or a list of them for a list input.
@@ -239,7 +284,9 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
         resolved = resolved.to(device)
     config = config or InferenceConfig()
     if batch_size is not None:
-        config = InferenceConfig(batch_size=batch_size, precision=config.precision, channels_last=config.channels_last)
+        config = replace(config, batch_size=batch_size)
+    if tta is not None:
+        config = replace(config, tta=tta)
     single = not isinstance(img, (list, tuple))
     items = [img] if single else list(img)
     if not items:

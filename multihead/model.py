@@ -19,9 +19,11 @@ from .preprocessing import Preprocessing
 from .taxonomy import MULTI_CANCER, Taxonomy
 from .trunk import Trunk, TrunkWeights, create_trunk
 
-__all__ = ["JOINT_MODES", "HeadOutput", "MultiHeadModel", "create_model"]
+__all__ = ["JOINT_MODES", "OOD_COMPONENTS", "HeadOutput", "MultiHeadModel", "create_model"]
 
 JOINT_MODES = ("hierarchical", "flat")
+OOD_COMPONENTS = 64
+"""Principal components kept for the out-of-distribution score (a fixed size keeps checkpoint keys fixed)."""
 
 
 @dataclass
@@ -71,6 +73,15 @@ class MultiHeadModel(nn.Module):
         self.register_buffer("organ_mask", torch.ones(taxonomy.num_organs, dtype=torch.bool))
         # 1 / temperature for every output column (router, then each head's subtypes); set by calibration
         self.register_buffer("logit_scale", torch.ones(taxonomy.num_organs + taxonomy.num_subtypes))
+        # trust (multihead.trust): abstention thresholds and the out-of-distribution score; the defaults
+        # (thresholds 0 and inf) mean "never abstain, never reject", as before they were fitted
+        self.register_buffer("router_threshold", torch.tensor(0.0))
+        self.register_buffer("subtype_threshold", torch.tensor(0.0))
+        components = min(OOD_COMPONENTS, trunk.num_features)
+        self.register_buffer("ood_mean", torch.zeros(trunk.num_features))
+        self.register_buffer("ood_projection", torch.zeros(trunk.num_features, components))
+        self.register_buffer("ood_class_means", torch.zeros(taxonomy.num_organs, components))
+        self.register_buffer("ood_threshold", torch.tensor(float("inf")))
         self.metadata: dict[str, Any] = {}
         """Training config, history, split and metrics; written into checkpoints as JSON."""
         self._register_index_buffers()
@@ -134,6 +145,22 @@ class MultiHeadModel(nn.Module):
         in_organ = self._subtype_organ.unsqueeze(0) == organ.unsqueeze(1)
         subtype = output.joint_log_probs.masked_fill(~in_organ, float("-inf")).argmax(dim=1)
         return organ, subtype
+
+    # --- trust: out-of-distribution score -------------------------------------------------------
+    @property
+    def ood_fitted(self) -> bool:
+        """Whether :func:`multihead.trust.fit_ood` has set the out-of-distribution score."""
+        return bool(torch.isfinite(self.ood_threshold))
+
+    def ood_score(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, F]`` -> squared Mahalanobis distance to the nearest trained organ ``[B]``.
+
+        Distances are in a whitened PCA space (shared covariance); above ``ood_threshold`` an image is
+        unlike every organ seen in training. Zeros while unfitted.
+        """
+        z = (features.to(self.ood_projection.dtype) - self.ood_mean) @ self.ood_projection
+        distances = (z.unsqueeze(1) - self.ood_class_means.unsqueeze(0)).square().sum(dim=2)  # [B, O]
+        return distances.masked_fill(~self.organ_mask, float("inf")).min(dim=1).values
 
     # --- trained organs --------------------------------------------------------------------------
     @property

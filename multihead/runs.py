@@ -23,6 +23,7 @@ from .splits import Split, make_split
 from .taxonomy import Taxonomy
 from .training import TrainConfig, feature_metrics, fit_heads
 from .trunk import TrunkWeights
+from .trust import fit_trust
 
 __all__ = ["TrainResult", "dataset_features", "train_from_folder"]
 
@@ -122,6 +123,12 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     if config.calibrate and len(sets["val"]):
         calibration = fit_temperatures(model, sets["val"])
         stage(f"temperature scaling on the validation split: {calibration}")
+    trust = fit_trust(model, sets["train"], sets["val"]) if len(sets["train"]) > 1 else None
+    if trust is not None and "selective" in trust:
+        selective = trust["selective"]
+        stage(f"trust: P(organ) >= {selective['router_threshold']:.3f} and P(subtype | organ) >= "
+              f"{selective['subtype_threshold']:.3f} keep {selective['coverage']:.1%} of the validation images, "
+              f"{selective['accuracy_kept']:.1%} right; out-of-distribution above {trust['ood']['threshold']:.1f}")
     model.metadata = {
         "training": {"config": config.to_dict(), "trunk_weights": str(trunk_weights), "data_dir": str(data_dir),
                      "timings": timings},
@@ -132,6 +139,7 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
         "metrics": {name: feature_metrics(model, s) for name, s in sets.items() if len(s)},
         "skipped": failures,
         "calibration": calibration,
+        "trust": trust,
     }
     return TrainResult(model, history, split, scan, failures, timings)
 

@@ -1,0 +1,267 @@
+"""Trust: abstention thresholds, the out-of-distribution score, test-time augmentation, and their CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import multihead
+from multihead import trust
+from multihead.cli import app
+from multihead.features import VIEWS, FeatureSet, apply_view, extract_features
+from multihead.inference import InferenceConfig, predict_batch, run_batch
+
+runner = CliRunner()
+ORGANS = ("all", "brain", "lymphoma")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model():
+    """A fresh tiny model per test: fitting writes its buffers (the shared ``tiny_model`` stays untouched)."""
+    return multihead.create_model("resnet18", trunk_weights=None, image_size=64, seed=0).eval()
+
+
+def clustered(model, n_per_subtype=12, *, spread=0.6, ambiguous=0.0, seed=0):
+    """Features in clusters, one per subtype of three organs, and heads that read them (nearest mean).
+
+    An ``ambiguous`` share of the images lies between its subtype and a sibling: the heads doubt those."""
+    tax = model.taxonomy
+    rng = np.random.default_rng(seed)
+    subtypes = [tax.subtype_index(s) for o in ORGANS for s in tax.organ(o).subtype_names]
+    centres = {s: rng.normal(0, 1, model.num_features) for s in subtypes}
+    rows, labels = [], []
+    for s in subtypes:
+        rows.append(centres[s] + spread * rng.normal(0, 1, (n_per_subtype, model.num_features)))
+        labels += [s] * n_per_subtype
+    features = np.concatenate(rows)
+    for i in np.flatnonzero(rng.random(len(labels)) < ambiguous):
+        organ = tax.organs[tax.subtype_organ_indices[labels[i]]]
+        sibling = tax.subtype_index(rng.choice([s for s in organ.subtype_names if tax.subtype_index(s) != labels[i]]))
+        mix = rng.uniform(0.3, 0.7)
+        features[i] = (1 - mix) * features[i] + mix * (centres[sibling] + spread * rng.normal(0, 1, model.num_features))
+    features = torch.tensor(features, dtype=torch.float32)
+    labels = torch.tensor(labels)
+    organs = model._subtype_organ[labels]
+    with torch.no_grad():
+        model.router.weight.zero_(), model.router.bias.zero_()
+        for s, c in centres.items():
+            organ = tax.organs[tax.subtype_organ_indices[s]]
+            head = model.heads[organ.name]
+            local = s - tax.head_offsets[tax.organ_index(organ.name)]
+            head.weight[local] = torch.tensor(c, dtype=torch.float32) * 0.05
+            model.router.weight[tax.organ_index(organ.name)] += torch.tensor(c, dtype=torch.float32) * 0.05
+    model.set_available_organs(ORGANS)
+    data = FeatureSet(features.unsqueeze(1), organs, labels, [f"f{i}" for i in range(len(labels))], ("identity",))
+    return data
+
+
+def test_defaults_never_abstain_and_never_reject(tiny_model):
+    assert float(tiny_model.router_threshold) == 0.0 and float(tiny_model.subtype_threshold) == 0.0
+    assert not tiny_model.ood_fitted
+    batch = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    for p in predict_batch(tiny_model, batch):
+        assert p.status == "organ_and_subtype" and p.ood_score is None and not p.out_of_distribution
+        assert p.subtype_confidence == pytest.approx(p.subtype_probability / p.organ_probability, rel=1e-6)
+        record = json.loads(json.dumps(p.to_dict()))
+        assert record["status"] == "organ_and_subtype" and record["out_of_distribution"] is False
+
+
+def test_largest_safe_threshold_keeps_the_largest_accurate_set():
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    right = np.array([1, 1, 1, 0, 1, 0], dtype=bool)
+    assert trust._largest_safe_threshold(conf, right, 1.0, None) == pytest.approx(0.9)
+    assert trust._largest_safe_threshold(conf, right, 0.8, None) == pytest.approx(0.7)
+    assert trust._largest_safe_threshold(conf, np.ones(6, bool), 1.0, None) == 0.0  # all right: keep all
+    assert trust._largest_safe_threshold(conf, np.zeros(6, bool), 0.5, None) == 1.0  # nothing is good enough
+    # ties move together: 0.9 twice, one of them wrong, so the cut cannot fall between them
+    assert trust._largest_safe_threshold(np.array([0.99, 0.9, 0.9]), np.array([1, 1, 0], bool), 1.0, None) == 0.99
+    # asking for confidence keeps fewer: 3 of 3 right proves little
+    assert trust._largest_safe_threshold(conf, right, 0.5, 0.95) > trust._largest_safe_threshold(conf, right, 0.5, None)
+
+
+def test_fit_thresholds_reaches_the_target_on_its_data(model):
+    data = clustered(model, n_per_subtype=20, ambiguous=0.4)
+    result = trust.fit_thresholds(model, data, target_accuracy=0.95, confidence_level=None)
+    assert float(model.subtype_threshold) == pytest.approx(result["subtype_threshold"])
+    assert result["accuracy_all"] < 0.95 and result["coverage"] < 1.0  # the data needed abstention
+    assert result["accuracy_kept"] >= 0.95 and result["coverage"] > 0
+    assert result["coverage"] + result["organ_only_fraction"] + result["uncertain_fraction"] == pytest.approx(1.0)
+    strict = trust.fit_thresholds(model, data, target_accuracy=0.95)  # Clopper-Pearson: keeps no more
+    assert strict["coverage"] <= result["coverage"]
+
+
+def test_given_thresholds_are_used_and_bad_ones_refused(model):
+    data = clustered(model)
+    result = trust.fit_thresholds(model, data, router_threshold=0.5, subtype_threshold=0.7)
+    assert (float(model.router_threshold), float(model.subtype_threshold)) == (0.5, pytest.approx(0.7))
+    assert result["router_threshold"] == 0.5
+    empty = data.subset([])
+    trust.fit_thresholds(model, empty, router_threshold=0.1, subtype_threshold=0.2)  # nothing to fit: fine
+    with pytest.raises(ValueError, match="validation images"):
+        trust.fit_thresholds(model, empty)
+    with pytest.raises(ValueError, match="subtype_threshold must be a probability"):
+        trust.fit_thresholds(model, data, subtype_threshold=1.5)
+    with pytest.raises(ValueError, match="target_accuracy"):
+        trust.fit_thresholds(model, data, target_accuracy=0)
+
+
+def test_statuses_back_off_to_the_organ_then_abstain(model):
+    model.router_threshold.fill_(0.6)
+    model.subtype_threshold.fill_(0.8)
+    organ = torch.tensor([0.9, 0.9, 0.5, 0.9])
+    subtype = torch.tensor([0.9, 0.5, 0.9, 0.9])
+    ood = torch.tensor([False, False, False, True])
+    assert trust.statuses(model, organ, subtype, ood) == ["organ_and_subtype", "organ_only", "uncertain", "uncertain"]
+
+
+def test_ood_score_separates_far_features_and_keeps_95_percent(model):
+    data = clustered(model, n_per_subtype=40)
+    val = clustered(model, n_per_subtype=40, seed=0)  # same centres, fresh noise below
+    val.features = val.features + 0.6 * torch.randn(val.features.shape, generator=torch.Generator().manual_seed(1))
+    info = trust.fit_ood(model, data, val)
+    assert model.ood_fitted and info["threshold"] == pytest.approx(float(model.ood_threshold))
+    inside = model.ood_score(val.features[:, 0])
+    assert (inside > model.ood_threshold).float().mean().item() == pytest.approx(0.05, abs=0.01)
+    far = torch.randn(30, model.num_features) * 3 + 5
+    blank = torch.zeros(5, model.num_features)
+    outside = model.ood_score(torch.cat([far, blank]))
+    metrics = trust.ood_metrics(inside.numpy(), outside.numpy())
+    assert metrics["auroc"] > 0.99 and metrics["fpr_at_95_tpr"] == 0.0
+    assert bool((outside > model.ood_threshold).all())
+
+
+def test_ood_score_ignores_untrained_organs(model):
+    data = clustered(model, n_per_subtype=20)
+    trust.fit_ood(model, data)
+    x = data.features[:5, 0]
+    before = model.ood_score(x)
+    with torch.no_grad():  # an organ never trained sits right on the images: it must not count
+        model.ood_class_means[model.taxonomy.organ_index("oral")] = (x[0] - model.ood_mean) @ model.ood_projection
+    assert torch.allclose(model.ood_score(x), before)
+
+
+def test_fitted_trust_travels_in_the_checkpoint(model, tmp_path):
+    data = clustered(model, n_per_subtype=20)
+    trust.fit_trust(model, data, data, target_accuracy=0.9)
+    path = tmp_path / "trust.safetensors"
+    model.save(path)
+    loaded = multihead.load(path)
+    for name in ("router_threshold", "subtype_threshold", "ood_threshold", "ood_mean", "ood_projection",
+                 "ood_class_means"):
+        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    prediction = multihead.classify(noise, model=loaded)
+    assert prediction.ood_score is not None and prediction.ood_score > float(loaded.ood_threshold)
+    assert prediction.out_of_distribution and prediction.status == "uncertain"
+
+
+def test_tta_averages_the_eight_views(tiny_model):
+    batch = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain = predict_batch(tiny_model, batch)
+    averaged = predict_batch(tiny_model, batch, InferenceConfig(tta=True))
+    expected = torch.stack([run_batch(tiny_model, apply_view(batch, v)).joint_probs.double() for v in VIEWS]).mean(0)
+    names = tiny_model.taxonomy.subtype_names
+    for row, p in enumerate(averaged):
+        assert [p.probabilities[s] for s in names] == pytest.approx(expected[row].tolist(), abs=1e-6)
+        assert p.subtype == names[int(expected[row].argmax())] or p.organ != plain[row].organ
+        assert multihead.MULTI_CANCER.organ_of(p.subtype) == p.organ
+    # a picture every view leaves unchanged gets the plain answer
+    flat = torch.full((1, 3, 64, 64), 90, dtype=torch.uint8)
+    assert multihead.classify(flat[0], model=tiny_model, tta=True).probabilities == pytest.approx(
+        multihead.classify(flat[0], model=tiny_model).probabilities, abs=1e-6)
+    with pytest.raises(ValueError, match="tta must be True or False"):
+        InferenceConfig(tta="yes")
+
+
+def test_risk_coverage_and_reliability():
+    curve = trust.risk_coverage(np.array([0.2, 0.9, 0.6]), np.array([0, 1, 1]))
+    assert curve["coverage"] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert curve["accuracy"] == pytest.approx([1.0, 1.0, 2 / 3])
+    table = trust.reliability(np.array([0.05, 0.1, 0.95]), np.array([0, 1, 1]), n_bins=10)
+    assert table["count"] == [1, 1, 1] and table["accuracy"] == [0.0, 1.0, 1.0]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """A tiny labelled folder (two organs, noise-free colour fields) and a folder of unknowns."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for organ, subtype, colour in (("all", "all_benign", (150, 80, 160)), ("brain", "brain_glioma", (90, 90, 90))):
+        folder = data / organ / subtype
+        folder.mkdir(parents=True)
+        for i in range(6):
+            image = np.clip(np.array(colour) + rng.normal(0, 12, (64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(folder / f"{i}.png")
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(unknown / f"noise{i}.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 255).save(unknown / "blank.png")
+    return data, unknown
+
+
+def test_evaluate_ood_and_classify_tta_from_the_cli(model, folders, tmp_path):
+    data, unknown = folders
+    paths = sorted(data.rglob("*.png"))
+    features, _, _ = extract_features(model, paths, cache_dir=tmp_path / "cache")
+    tax = model.taxonomy
+    subtypes = torch.tensor([tax.subtype_index(p.parent.name) for p in paths])
+    labelled = FeatureSet(features, model._subtype_organ[subtypes], subtypes, [str(p) for p in paths], ("identity",))
+    model.set_available_organs(["all", "brain"])
+    trust.fit_ood(model, labelled)
+    checkpoint = tmp_path / "m.safetensors"
+    model.save(checkpoint)
+    result = runner.invoke(app, ["evaluate", str(checkpoint), str(data), "--report", str(tmp_path / "report"),
+                                 "--ood", str(unknown), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["ood"]
+    assert report["n_in"] == 12 and report["n_out"] == 4 and 0.0 <= report["auroc"] <= 1.0
+    assert "Out of distribution" in result.output
+    classified = runner.invoke(app, ["classify", str(unknown / "blank.png"), "--model", str(checkpoint), "--tta",
+                                     "--json"])
+    assert classified.exit_code == 0, classified.output
+    record = json.loads(classified.output.strip().splitlines()[-1])
+    assert record["status"] in trust.STATUSES and record["ood_score"] is not None
+
+
+def test_evaluate_ood_needs_a_fitted_model(tiny_model, folders, tmp_path):
+    data, unknown = folders
+    checkpoint = tmp_path / "plain.safetensors"
+    tiny_model.save(checkpoint)
+    result = runner.invoke(app, ["evaluate", str(checkpoint), str(data), "--report", str(tmp_path / "r"),
+                                 "--ood", str(unknown), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1 and "no fitted out-of-distribution score" in result.output
+
+
+def test_training_fits_trust(folders, tmp_path):
+    from multihead.runs import train_from_folder
+    from multihead.training import TrainConfig
+
+    data, _ = folders
+    result = train_from_folder(data, trunk_weights=None, cache_dir=tmp_path / "cache",
+                               config=TrainConfig(epochs=1, image_size=64, views="identity"))
+    fitted = result.model.metadata["trust"]
+    assert result.model.ood_fitted and fitted["ood"]["threshold"] == pytest.approx(float(result.model.ood_threshold))
+
+
+def test_trust_figures_draw_from_numbers():
+    from multihead.trust_reports import plot_ood_scores, plot_reliability_diagram, plot_risk_coverage
+
+    table = trust.reliability(np.array([0.3, 0.8, 0.9]), np.array([0, 1, 1]))
+    curve = trust.risk_coverage(np.array([0.3, 0.8, 0.9]), np.array([0, 1, 1]))
+    assert plot_reliability_diagram({"after": table}).get_title() == "reliability"
+    ax = plot_risk_coverage({"joint": curve}, target=0.99, points={"chosen": (0.66, 1.0)})
+    assert len(ax.lines) == 3
+    ax = plot_ood_scores({"known": [1.0, 2.0, 3.0], "unknown": [50.0, 80.0]}, threshold=10.0)
+    assert ax.get_xscale() == "log"
