@@ -29,6 +29,15 @@ def _no_network_weights(monkeypatch, tmp_path_factory):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny 64-px forwards: one thread is faster than two fighting over a busy 2-core machine (13 s vs 44 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> multihead.MultiHeadModel:
     """ResNet18 with random weights at 64 px: fast, deterministic, fine for anything but accuracy."""

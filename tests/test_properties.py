@@ -29,13 +29,7 @@ FAST = settings(max_examples=100, deadline=None, derandomize=True,  # the same e
 SLOW = settings(FAST, max_examples=50)  # examples that run the model or build a trunk
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny 64-px forwards: one thread is faster than two fighting over a busy 2-core machine (13 s vs 44 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

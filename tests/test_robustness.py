@@ -34,13 +34,7 @@ RNG = np.random.default_rng(0)
 PICTURE = Image.fromarray(RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny 64-px forwards: one thread is faster than two fighting over a busy 2-core machine (13 s vs 44 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -1,0 +1,79 @@
+"""The bundled default model: present, offline, and reproducible by recipes/default_model.py."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import multihead
+from multihead.checkpoint import read_header
+from multihead.data import scan_dataset
+from multihead.evaluation import evaluate_folder
+from multihead.inference import default_model_path
+from multihead.splits import Split, make_split
+from multihead.trunk import fingerprint_state_dict
+
+from .conftest import MOBILENET_WEIGHTS, REPO
+
+EXAMPLES = sorted((REPO / "multihead" / "examples").glob("*.jpg"))
+EXPECTED = {"WBC-Benign-020.jpg": "all_benign", "WBC-Malignant-Early-011.jpg": "all_early",
+            "WBC-Malignant-Pre-005.jpg": "all_pre", "WBC-Malignant-Pro-005.jpg": "all_pro"}
+
+
+@pytest.fixture(scope="module")
+def header():
+    path = default_model_path()
+    assert path is not None, "multihead/weights/default.safetensors is missing: run recipes/default_model.py"
+    return read_header(path)
+
+
+def test_default_model_classifies_the_examples_offline(header):
+    assert [p.name for p in EXAMPLES] == sorted(EXPECTED)
+    predictions = multihead.classify(EXAMPLES)  # no model argument: the bundled file
+    assert all(p.organ == "all" for p in predictions)
+    assert "cervix" in predictions[0].untrained_organs
+    correct = sum(p.subtype == EXPECTED[p.source.rsplit("/", 1)[-1]] for p in predictions)
+    assert correct >= 3, [(p.source, p.subtype) for p in predictions]
+
+
+def test_default_model_metadata_describes_what_it_knows(header):
+    assert header["taxonomy"] == multihead.MULTI_CANCER
+    assert header["trunk"]["name"] == "mobilenet_v2" and header["trunk"]["embedded"] is True
+    metadata = header["metadata"]
+    assert "cervix" not in metadata["available_organs"]
+    assert metadata["recipe"]["script"] == "recipes/default_model.py"
+    assert metadata["test_report"]["router"]["accuracy"] >= 0.99
+
+
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="shared ImageNet MobileNetV2 weights absent")
+def test_trunk_fingerprint_matches_the_shared_weights(header):
+    dtype = {"float16": torch.float16, "float32": torch.float32}[header["trunk"]["stored_dtype"]]
+    trunk = multihead.create_trunk("mobilenet_v2", weights=None)
+    shared = load_file(str(MOBILENET_WEIGHTS))
+    state = {k: shared[k].to(dtype).to(v.dtype) if v.is_floating_point() else shared[k].to(v.dtype)
+             for k, v in trunk.network.state_dict().items()}
+    assert fingerprint_state_dict(state) == header["trunk"]["fingerprint"]
+
+
+def test_split_and_test_metrics_reproduce(header, sample_dir):
+    """The recipe's split comes back from the same seed, and the shipped file scores what it says."""
+    recorded = header["metadata"]["split"]["files"]
+    split, unreadable = make_split(scan_dataset(sample_dir), seed=header["metadata"]["training"]["config"]["seed"])
+    assert not unreadable and split.assignment == recorded
+    model = multihead.load(default_model_path())
+    report, failures = evaluate_folder(model, sample_dir, split=Split(recorded, {}), subset="test", n_resamples=10)
+    shipped = header["metadata"]["test_report"]
+    assert not failures and report["n_images"] == shipped["n_images"]
+    assert report["router"]["accuracy"] == pytest.approx(shipped["router"]["accuracy"], abs=0.003)
+    assert report["overall"]["accuracy"] == pytest.approx(shipped["overall"]["accuracy"], abs=0.005)
+    json.dumps(report)
+
+
+def test_model_card_is_rendered_from_the_shipped_file(header):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "recipes" / "model_card.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
