@@ -73,12 +73,14 @@ def _levers(runs: dict) -> list[str]:
         lines.append(
             f"- **Input resolution 224 -> 448 px** (the trunk is convolutional; lymphoma images are 417x312): all "
             f"subtypes {100 * (high['overall_accuracy'] - low['overall_accuracy']):+.1f} points, per organ {deltas}. "
-            "It costs about 4x the trunk's work per image (see benchmarks.md). This is the default."
+            "For ResNet18 on the 2-core CPU of benchmarks.md that is 2.5x to 4.2x the trunk's time per image. "
+            "This is the default."
         )
     paper, ours = runs.get("mobilenet_v2-paper-per-organ"), runs.get("mobilenet_v2-224-per-organ")
     if paper and ours:
         lines.append(
-            f"- **Recipe** (same trunk, 224 px, per-organ): the paper's preset (4 epochs, no class weights) "
+            "- **Recipe** (same trunk, 224 px, per-organ): the paper's preset (4 epochs, no class weights, its "
+            "rotation/flip/scaling augmentation through the trunk) "
             f"{_pct(paper['overall_accuracy'])} %, ours (30 epochs, class-balanced, best epoch on validation) "
             f"{_pct(ours['overall_accuracy'])} %."
         )

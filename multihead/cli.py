@@ -325,8 +325,9 @@ def train(
     lr: Annotated[float | None, typer.Option(min=0.0)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    views: Annotated[str | None, typer.Option(help="identity, or dihedral (flip/rotation views of features).")
-                     ] = None,
+    views: Annotated[str | None, typer.Option(
+        help="identity, dihedral (cached flip/rotation views), or augmented (online: the paper's rotation, "
+             "flips and scaling through the trunk, a fresh view per epoch).")] = None,
     image_size: Annotated[int | None, typer.Option(min=8, help="Input side in pixels.")] = None,
     split: Annotated[Path | None, typer.Option(help="Reuse a split file (JSON).", exists=True, dir_okay=False)
                      ] = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .augment import augmented_features
 from .calibration import fit_temperatures
 from .data import DatasetScan, scan_dataset
 from .features import VIEWS, FeatureSet, extract_features
@@ -43,16 +44,27 @@ class TrainResult:
 
 def dataset_features(model: MultiHeadModel, scan: DatasetScan, relpaths: list[str], *, views: tuple[str, ...],
                      cache_dir: str | os.PathLike | None, config: InferenceConfig | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[FeatureSet, list[tuple[str, str]]]:
-    """Labelled cached features for ``relpaths`` of a scanned dataset, and the files that failed."""
+                     progress: Callable[[int, int], None] | None = None,
+                     augmented_views: int = 0, seed: int = 0) -> tuple[FeatureSet, list[tuple[str, str]]]:
+    """Labelled features for ``relpaths`` of a scanned dataset, and the files that failed.
+
+    Cached dihedral ``views`` by default; with ``augmented_views > 0``, that many freshly augmented views
+    per image instead (the online mode, see :mod:`multihead.augment`).
+    """
     by_path = {r.relpath: r for r in scan.records}
     missing = [p for p in relpaths if p not in by_path]
     if missing:
         raise ValueError(f"{len(missing)} files of the split are not in {scan.root} (first: {missing[0]}); "
                          "was the split made for another folder?")
     records = [by_path[p] for p in relpaths]
-    features, ok, failures = extract_features(model, [r.path for r in records], views=views, cache_dir=cache_dir,
-                                              config=config, progress=progress)
+    paths = [r.path for r in records]
+    if augmented_views:
+        features, ok, failures = augmented_features(model, paths, n_views=augmented_views, seed=seed, config=config,
+                                                    progress=progress)
+        views = tuple(f"augmented{i}" for i in range(augmented_views))
+    else:
+        features, ok, failures = extract_features(model, paths, views=views, cache_dir=cache_dir, config=config,
+                                                  progress=progress)
     tax = model.taxonomy
     kept = [records[i] for i in ok]
     data = FeatureSet(
@@ -109,9 +121,11 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     sets: dict[str, FeatureSet] = {}
     for name in ("train", "val", "test"):
         files = split.files(name)
+        online = name == "train" and config.views == "augmented"
         data, failed = dataset_features(
             model, scan, files, views=views if name == "train" else VIEWS[:1], cache_dir=cache_dir,
-            progress=on_progress and (lambda d, t, name=name: on_progress(f"features {name}", d, t)))
+            progress=on_progress and (lambda d, t, name=name: on_progress(f"features {name}", d, t)),
+            augmented_views=config.epochs if online else 0, seed=config.seed)
         sets[name] = data
         failures += failed
     timings["features_s"] = time.perf_counter() - started
@@ -126,9 +140,11 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     trust = fit_trust(model, sets["train"], sets["val"]) if len(sets["train"]) > 1 else None
     if trust is not None and "selective" in trust:
         selective = trust["selective"]
+        kept = (f"keep {selective['coverage']:.1%} of the validation images, {selective['accuracy_kept']:.1%} right"
+                if selective["coverage"] > 0 else "no threshold reaches the target accuracy on validation, so "
+                "subtype answers are withheld (status organ_only)")
         stage(f"trust: P(organ) >= {selective['router_threshold']:.3f} and P(subtype | organ) >= "
-              f"{selective['subtype_threshold']:.3f} keep {selective['coverage']:.1%} of the validation images, "
-              f"{selective['accuracy_kept']:.1%} right; out-of-distribution above {trust['ood']['threshold']:.1f}")
+              f"{selective['subtype_threshold']:.3f} {kept}; out-of-distribution above {trust['ood']['threshold']:.1f}")
     model.metadata = {
         "training": {"config": config.to_dict(), "trunk_weights": str(trunk_weights), "data_dir": str(data_dir),
                      "timings": timings},

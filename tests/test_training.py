@@ -213,3 +213,25 @@ def test_temperature_scaling_changes_no_prediction_and_lowers_nll(tiny_model):
     assert torch.equal(model.decide(before)[1], model.decide(after)[1])
     assert feature_metrics(model, val)["loss"] <= nll_before + 1e-6
     torch.testing.assert_close(after.joint_probs.sum(1), torch.ones(len(val)))
+
+
+def test_augmented_views_are_seeded_and_differ(tiny_model, real_images, tmp_path):
+    from multihead.augment import augmented_features
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG nothing")
+    paths = [real_images[0], broken, real_images[1]]
+    first, ok, failures = augmented_features(tiny_model, paths, n_views=3, seed=5, num_workers=0)
+    again, _, _ = augmented_features(tiny_model, paths, n_views=3, seed=5, num_workers=0)
+    assert first.shape == (2, 3, 512) and ok == [0, 2] and failures[0][0] == 1
+    assert torch.equal(first, again)
+    assert not torch.allclose(first[:, 0], first[:, 1])
+
+
+def test_online_mode_trains_from_folder(small_dataset, tmp_path):
+    from multihead.runs import train_from_folder
+
+    config = TrainConfig(epochs=2, views="augmented", image_size=64)
+    result = train_from_folder(small_dataset, config=config, trunk_weights=None, cache_dir=tmp_path)
+    assert result.model.metadata["training"]["config"]["views"] == "augmented"
+    assert len(result.history) == 2 and result.model.available_organs == ("all", "brain", "lymphoma")
