@@ -139,9 +139,14 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
     metadata = header["metadata"]
     if metadata.get("available_organs"):
         console.print(f"answers only: {', '.join(metadata['available_organs'])}")
-    for key in ("training", "metrics"):
-        if key in metadata:
-            console.print(f"{key}: {json.dumps(metadata[key])[:2000]}", highlight=False)
+    if "training" in metadata:
+        console.print(f"training: {json.dumps(metadata['training'].get('config', {}))}", highlight=False)
+    if metadata.get("metrics"):
+        scores = Table("split", "images", "router accuracy", "subtype accuracy (end to end)", title="metrics")
+        for split, values in metadata["metrics"].items():
+            scores.add_row(split, str(metadata.get("counts", {}).get(split, "")),
+                           f"{values['router_accuracy']:.4f}", f"{values['accuracy']:.4f}")
+        console.print(scores)
 
 
 def _status(prediction: Any) -> str:
