@@ -79,10 +79,16 @@ def classify(
     plot: Annotated[Path | None, typer.Option(help="Write the prediction figure (image + probability bars) "
                                                    "of the first image to this PNG.")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips and rotations (8x slower).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write one JSON line per file here, in sorted path order, instead of printing; "
+                            "resumable, and split over the processes under torchrun (docs/scale-out.md).")] = None,
 ) -> None:
     """Classify images: organ and subtype from one forward pass. Unreadable files are listed, not fatal."""
     from .inference import InferenceConfig, classify_files, resolve_model
 
+    if out is not None:
+        _classify_to_file(inputs, model, device, InferenceConfig(batch_size=batch_size, tta=tta), out)
+        return
     resolved = resolve_model(model).to(device)
     if plot is not None:
         _plot_prediction(next(iter(expand_inputs(inputs)), None), resolved, plot)
@@ -112,6 +118,61 @@ def classify(
         raise typer.Exit(EXIT_ERROR)
     if failed:
         err_console.print(f"{failed} of {seen} files could not be classified (listed above)")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _classify_to_file(inputs: list[Path], model: str | None, device: str, config: Any, out: Path) -> None:
+    from .distributed import classify_to_jsonl, finish, rank_and_world
+    from .inference import resolve_model
+
+    rank, _ = rank_and_world()  # first: under torchrun this pins "cuda" to the rank's GPU
+    try:
+        summary = classify_to_jsonl(expand_inputs(inputs), resolve_model(model).to(device), out, config)
+    finally:
+        finish()
+    if rank == 0:
+        resumed = f", {summary.resumed} already done" if summary.resumed else ""
+        console.print(f"wrote {out}: {summary.total} files, {summary.failed} failed{resumed} "
+                      f"({summary.world} process{'es' if summary.world > 1 else ''})", highlight=False,
+                      soft_wrap=True)
+    if summary.failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+@_library_errors
+def extract(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    model: ModelOption = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder (default: $MULTIHEAD_CACHE).")] = None,
+    views: Annotated[str, typer.Option(help="identity, or dihedral (all 8 flips and rotations).")] = "identity",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Fill the feature cache for training and evaluation; split over the processes under torchrun."""
+    from .distributed import extract_to_cache, finish, rank_and_world
+    from .features import VIEWS
+    from .inference import InferenceConfig, resolve_model
+
+    chosen = {"identity": ("identity",), "dihedral": VIEWS}.get(views)
+    if chosen is None:
+        raise ValueError(f"--views must be identity or dihedral, got {views!r}")
+    files = list(expand_inputs(inputs))
+    if not files:
+        raise ValueError("no image files found in the given inputs")
+    rank, _ = rank_and_world()
+    try:
+        summary = extract_to_cache(files, resolve_model(model).to(device), cache_dir,
+                                   views=chosen, config=InferenceConfig(batch_size=batch_size))
+    finally:
+        finish()
+    for _, reason in summary.failures:  # the reason names the file
+        err_console.print(f"  {reason}", highlight=False, soft_wrap=True)
+    if rank == 0:
+        console.print(f"cached {summary.total - summary.failed} of {summary.total} files x {len(chosen)} "
+                      f"view(s) ({summary.world} process{'es' if summary.world > 1 else ''})", highlight=False,
+                      soft_wrap=True)
+    if summary.failed:
         raise typer.Exit(EXIT_PARTIAL)
 
 
