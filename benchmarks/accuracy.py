@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import multihead
+from multihead.benchmark import machine_info
 from multihead.evaluation import evaluate_folder
 from multihead.reports import markdown_report, write_report
 from multihead.runs import train_from_folder
@@ -45,14 +45,6 @@ CONFIGS = {
     "mobilenet_v2-448-flat": ("mobilenet_v2", IMAGENET_TRUNK, "default", {"method": "flat"}),
     "resnet18-random-224-multihead": ("resnet18", None, "default", {"image_size": 224}),
 }
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 GOAL_ORGANS = ("all", "brain", "lung_colon", "lymphoma")  # enough images to measure
@@ -229,7 +221,7 @@ def main() -> None:
             "val_organs": {o: e.get("accuracy") for o, e in val["organs"].items()},
         }
         summary["_machine"] = {
-            "cpu": f"{_cpu_name()}, {os.cpu_count()} cores",
+            "cpu": f"{machine_info()['cpu_model']}, {os.cpu_count()} cores",
             "torch": torch.__version__,
             "multihead": multihead.__version__,
             "date": time.strftime("%Y-%m-%d"),

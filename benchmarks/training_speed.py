@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -23,22 +22,13 @@ import torch
 
 import multihead
 import multihead.features as features_module
+from multihead.benchmark import hardware_slug, machine_info
 from multihead.data import scan_dataset
 from multihead.features import FeatureSet, extract_features
 from multihead.inference import InferenceConfig, run_features
 from multihead.training import TrainConfig, fit_heads
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -54,7 +44,7 @@ def main() -> None:
     scan = scan_dataset(args.data)
     tax = model.taxonomy
     results: dict[str, object] = {
-        "machine": _machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "machine": machine_info()["cpu_model"], "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"), "trunk": args.trunk, "threads": torch.get_num_threads(),
     }
 
@@ -99,7 +89,7 @@ def main() -> None:
         "second_run_seconds": round(second, 2), "second_run_trunk_batches": len(calls),
     }
     print("extraction:", results["extraction"])
-    out = args.out or REPO / "benchmarks" / "results" / f"training-{platform.node() or 'machine'}.json"
+    out = args.out or REPO / "benchmarks" / "results" / f"training-{hardware_slug()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print("wrote", out)
