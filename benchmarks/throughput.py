@@ -3,13 +3,15 @@
 Two sections, one process, one device, written to ``benchmarks/results/<hardware-slug>.json``:
 
 - ``systems``: the four systems (see :mod:`multihead.benchmark`) at fp32 contiguous (eager reference) and at
-  the library's default for the device.
+  the PyTorch default for the device; with ``--backends``, also multihead and trunk_only on ONNX Runtime or
+  OpenVINO (the CPU backends' own comparison is ``benchmarks/backends.py``).
 - ``fast_path``: multihead only, each precision x channels_last (input, then input and weights), and
   fp32 with ``torch.compile``.
 
 Usage::
 
     .venv/bin/python benchmarks/throughput.py [--device cpu] [--batch-sizes 1 8 32] [--skip-fast-path]
+    .venv/bin/python benchmarks/throughput.py --skip-fast-path --backends torch openvino
     .venv/bin/python benchmarks/throughput.py --plot benchmarks/results/<slug>.json --png docs/benchmarks-cpu.png
 """
 
@@ -33,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _progress(row: dict[str, Any]) -> None:
     speed = f"{row['images_per_second']:8.1f} img/s  p50 {row['latency_ms_p50']:8.1f} ms" if row["status"] == "ok" \
         else row["status"]
-    print(f"{row['system']:>13} {row['precision']} cl={row['channels_last']!s:5} "
+    print(f"{row['system']:>13} {row['backend']:>11} {row['precision']} cl={row['channels_last']!s:5} "
           f"w={row.get('channels_last_weights')!s:5} compiled={row['compiled']!s:5} "
           f"batch {row['batch_size']:3}  {speed}", flush=True)
 
@@ -45,7 +47,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     common = {"device": args.device, "image_size": args.image_size, "warmup": args.warmup, "repeats": args.repeats,
               "callback": _progress}
     report = run_benchmark(batch_sizes=args.batch_sizes, precisions=["fp32"],
-                           channels_last=sorted({False, default_cl}), **common)
+                           channels_last=sorted({False, default_cl}), backends=args.backends, **common)
     for row in report["results"]:
         row["section"] = "systems"
     if not args.skip_fast_path:
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile rows")
     parser.add_argument("--skip-fast-path", action="store_true")
+    parser.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnxruntime", "openvino"],
+                        help="systems section: also time multihead and trunk_only on these (baselines stay torch)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--repeats", type=int, default=5)

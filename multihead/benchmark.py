@@ -9,12 +9,16 @@ runs at the same precision and memory format, so the only difference is the netw
 - ``cascade``: a ResNet18 router, then the chosen organ's ResNet18 (images grouped by organ): two passes.
 - ``trunk_only``: ResNet18 pooled features only, the upper bound for ``multihead``.
 
+``multihead`` and ``trunk_only`` also run on the other backends (:mod:`multihead.backends`: the trunk as an
+exported graph on ONNX Runtime or OpenVINO); the baselines run in PyTorch only.
+
 Weights are random (speed does not depend on their values) and nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import itertools
 import logging
 import os
@@ -29,6 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .backends import BACKEND_PRECISIONS, BACKENDS
 from .inference import InferenceConfig, run_batch, run_features
 from .model import HeadOutput, MultiHeadModel, create_model
 from .preprocessing import Preprocessing
@@ -44,6 +49,7 @@ __all__ = [
     "compare_outputs",
     "hardware_slug",
     "machine_info",
+    "model_system",
     "run_benchmark",
     "summarize",
 ]
@@ -51,6 +57,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SYSTEMS = ("multihead", "eight_models", "cascade", "trunk_only")
+BACKEND_SYSTEMS = ("multihead", "trunk_only")
+"""The systems that run on every backend; the others are PyTorch modules."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -109,13 +117,34 @@ def _normalized(batch: torch.Tensor, device: torch.device, preprocessing: Prepro
     return preprocessing.normalize(batch)
 
 
+def model_system(model: MultiHeadModel, *, name: str = "multihead", backend: str = "torch",
+                 channels_last: bool = False, channels_last_weights: bool = False) -> BenchSystem:
+    """``multihead`` (:func:`run_batch`) or ``trunk_only`` (:func:`run_features`) around a built model, such
+    as a loaded checkpoint, on ``backend``.
+
+    Example:
+        >>> system = model_system(multihead.load("model.safetensors"), backend="openvino")  # doctest: +SKIP
+    """
+    if name not in BACKEND_SYSTEMS:
+        raise ValueError(f"model_system builds {' or '.join(BACKEND_SYSTEMS)}, got {name!r}")
+    run = run_batch if name == "multihead" else run_features
+
+    def step(batch: torch.Tensor, precision: str) -> Any:
+        return run(model, batch, InferenceConfig(batch_size=batch.shape[0], precision=precision,
+                                                 channels_last=channels_last, backend=backend))
+
+    counted = model if name == "multihead" else model.trunk
+    return BenchSystem(name, step, sum(p.numel() for p in counted.parameters()), model, channels_last_weights)
+
+
 def build_system(name: str, *, device: str | torch.device = "cpu", image_size: int = 224,
                  channels_last: bool = False, compiled: bool = False, channels_last_weights: bool = False,
-                 taxonomy: Taxonomy = MULTI_CANCER, seed: int = 0) -> BenchSystem:
+                 taxonomy: Taxonomy = MULTI_CANCER, seed: int = 0, backend: str = "torch") -> BenchSystem:
     """Build one system with random weights, on ``device``, optionally channels_last and ``torch.compile``-d.
 
     ``channels_last`` lays out the input only, as :func:`run_features` does; ``channels_last_weights``
-    also converts the networks' weights (a step the library leaves to the caller).
+    also converts the networks' weights (a step the library leaves to the caller). ``backend`` runs the
+    trunk of ``multihead`` and ``trunk_only`` (see :mod:`multihead.backends`); the baselines need ``"torch"``.
 
     Example:
         >>> system = build_system("trunk_only", image_size=64)
@@ -124,6 +153,9 @@ def build_system(name: str, *, device: str | torch.device = "cpu", image_size: i
     """
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; expected one of {', '.join(SYSTEMS)}")
+    if backend != "torch" and name not in BACKEND_SYSTEMS:
+        raise ValueError(f"system {name!r} runs in PyTorch only; backend {backend!r} runs "
+                         f"{' and '.join(BACKEND_SYSTEMS)}")
     device = torch.device(device)
     torch.manual_seed(seed)
     memory_format = torch.channels_last if channels_last_weights else torch.contiguous_format
@@ -132,30 +164,23 @@ def build_system(name: str, *, device: str | torch.device = "cpu", image_size: i
                                         seed=seed).eval().to(device, memory_format=memory_format)
         if compiled:
             model.trunk.network.compile()
-        run = run_batch if name == "multihead" else run_features
+        return model_system(model, name=name, backend=backend, channels_last=channels_last,
+                            channels_last_weights=channels_last_weights)
+    network = (_EightModels if name == "eight_models" else _Cascade)(taxonomy)
+    model = network.to(device, memory_format=memory_format)
+    if compiled:
+        for module in model.modules():
+            if isinstance(module, torchvision.models.ResNet):
+                module.compile()
+    preprocessing = Preprocessing(image_size=image_size)
 
-        def step(batch: torch.Tensor, precision: str) -> Any:
-            return run(model, batch, InferenceConfig(batch_size=batch.shape[0], precision=precision,
-                                                     channels_last=channels_last))
-    else:
-        network = (_EightModels if name == "eight_models" else _Cascade)(taxonomy)
-        model = network.to(device, memory_format=memory_format)
-        if compiled:
-            for module in model.modules():
-                if isinstance(module, torchvision.models.ResNet):
-                    module.compile()
-        preprocessing = Preprocessing(image_size=image_size)
+    def step(batch: torch.Tensor, precision: str) -> Any:
+        dtype = _DTYPES.get(precision)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                    enabled=dtype is not None):
+            return model(_normalized(batch, device, preprocessing, channels_last))
 
-        def step(batch: torch.Tensor, precision: str) -> Any:
-            dtype = _DTYPES.get(precision)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                        enabled=dtype is not None):
-                return model(_normalized(batch, device, preprocessing, channels_last))
-
-    num_params = sum(p.numel() for p in model.parameters())
-    if isinstance(model, MultiHeadModel) and name == "trunk_only":
-        num_params = sum(p.numel() for p in model.trunk.parameters())
-    return BenchSystem(name, step, num_params, model, channels_last_weights)
+    return BenchSystem(name, step, sum(p.numel() for p in model.parameters()), model, channels_last_weights)
 
 
 # --- timing -----------------------------------------------------------------------------------------
@@ -197,11 +222,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def benchmark_system(system: str | BenchSystem, *, device: str | torch.device = "cpu", batch_size: int = 1,
                      image_size: int = 224, precision: str = "fp32", channels_last: bool = False,
-                     compiled: bool = False, warmup: int = 2, repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+                     compiled: bool = False, warmup: int = 2, repeats: int = 5, seed: int = 0,
+                     backend: str = "torch") -> dict[str, Any]:
     """Time one system at one setting: warm-up, then ``repeats`` timed batches; a flat dict back.
 
-    ``system`` may be a name or a :class:`BenchSystem` already built with the same ``channels_last`` and
-    ``compiled`` (to reuse a compiled model across batch sizes). Out-of-memory gives ``status="oom"``.
+    ``system`` may be a name or a :class:`BenchSystem` already built with the same ``channels_last``,
+    ``compiled`` and ``backend`` (to reuse a compiled model across batch sizes). Out-of-memory gives
+    ``status="oom"``. On another backend than torch the warm-up includes exporting and compiling the graph.
 
     Example:
         >>> row = benchmark_system("trunk_only", batch_size=2, image_size=64, repeats=1)
@@ -209,16 +236,16 @@ def benchmark_system(system: str | BenchSystem, *, device: str | torch.device = 
         ('ok', 2)
     """
     _check_settings(precisions=[precision], batch_sizes=[batch_size], image_size=image_size, repeats=repeats,
-                    warmup=warmup)
+                    warmup=warmup, backends=[backend])
     device = torch.device(device)
     name = system.name if isinstance(system, BenchSystem) else system
-    row: dict[str, Any] = {"system": name, "precision": precision, "channels_last": channels_last,
-                           "compiled": compiled, "batch_size": batch_size, "image_size": image_size,
-                           "device": str(device)}
+    row: dict[str, Any] = {"system": name, "backend": backend, "precision": precision,
+                           "channels_last": channels_last, "compiled": compiled, "batch_size": batch_size,
+                           "image_size": image_size, "device": str(device)}
     try:
         if not isinstance(system, BenchSystem):
             system = build_system(system, device=device, image_size=image_size, channels_last=channels_last,
-                                  compiled=compiled, seed=seed)
+                                  compiled=compiled, seed=seed, backend=backend)
         row["channels_last_weights"] = system.channels_last_weights
         generator = torch.Generator().manual_seed(seed)
         batch = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8,
@@ -260,7 +287,7 @@ def benchmark_system(system: str | BenchSystem, *, device: str | torch.device = 
 # --- the whole run ----------------------------------------------------------------------------------
 
 def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """CPU model, cores, threads, bf16 support, GPU name: what a throughput figure needs beside it."""
+    """CPU model, cores, threads, bf16 support, GPU name, backend versions: what a throughput figure needs beside it."""
     cpu_model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -279,6 +306,7 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torchvision": torchvision.__version__,
+        "backend_versions": {name: _version(name) for name in ("onnx", "onnxruntime", "openvino")},
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     device = torch.device(device)
@@ -286,6 +314,13 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def hardware_slug(device: str | torch.device = "cpu") -> str:
@@ -299,10 +334,16 @@ def hardware_slug(device: str | torch.device = "cpu") -> str:
 
 
 def _check_settings(*, precisions: Sequence[str], batch_sizes: Sequence[int], image_size: int, repeats: int,
-                    warmup: int, systems: Sequence[str] = ()) -> None:
+                    warmup: int, systems: Sequence[str] = (), backends: Sequence[str] = ("torch",)) -> None:
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if not set(precisions) & set(BACKEND_PRECISIONS[backend]):
+            raise ValueError(f"backend {backend!r} runs {' or '.join(BACKEND_PRECISIONS[backend])}, "
+                             f"asked for {', '.join(precisions)}")
     for system in systems:
         if system not in SYSTEMS:
             raise ValueError(f"unknown system {system!r}; expected one of {', '.join(SYSTEMS)}")
@@ -318,10 +359,13 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
                   batch_sizes: Sequence[int] = (1, 8, 32), precisions: Sequence[str] = ("fp32",),
                   channels_last: Sequence[bool] = (False,), compiled: Sequence[bool] = (False,),
                   image_size: int = 224, warmup: int = 2, repeats: int = 5, seed: int = 0,
+                  backends: Sequence[str] = ("torch",),
                   callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every system at every setting, in one process on one device; the JSON report as a dict.
 
-    Each system is built once per (channels_last, compiled) and reused across batch sizes and precisions.
+    Each system is built once per (backend, channels_last, compiled) and reused across batch sizes and
+    precisions. The other backends than torch run ``multihead`` and ``trunk_only`` only, at the precisions
+    they support, with ``channels_last`` and ``compiled`` off (PyTorch settings, which they do not use).
     ``callback`` gets each result row as it is measured (for progress display).
 
     Example:
@@ -330,19 +374,25 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
         ['cascade', 'eight_models', 'multihead', 'trunk_only']
     """
     _check_settings(precisions=precisions, batch_sizes=batch_sizes, image_size=image_size, repeats=repeats,
-                    warmup=warmup, systems=systems)
+                    warmup=warmup, systems=systems, backends=backends)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but torch sees no CUDA device; use --device cpu")
     results = []
     load_at_start = machine_info(device)["load_average_1m"]
-    for cl, comp, name in itertools.product(channels_last, compiled, systems):
+    torch_settings = list(itertools.product(channels_last, compiled))
+    settings = [(backend, cl, comp, name) for backend in backends
+                for cl, comp in (torch_settings if backend == "torch" else [(False, False)])
+                for name in systems if backend == "torch" or name in BACKEND_SYSTEMS]
+    for backend, cl, comp, name in settings:
         system = build_system(name, device=device, image_size=image_size, channels_last=cl, compiled=comp,
-                              seed=seed)
+                              seed=seed, backend=backend)
         for precision, batch_size in itertools.product(precisions, batch_sizes):
+            if precision not in BACKEND_PRECISIONS[backend]:
+                continue
             row = benchmark_system(system, device=device, batch_size=batch_size, image_size=image_size,
                                    precision=precision, channels_last=cl, compiled=comp, warmup=warmup,
-                                   repeats=repeats, seed=seed)
+                                   repeats=repeats, seed=seed, backend=backend)
             results.append(row)
             if callback is not None:
                 callback(row)
@@ -362,21 +412,28 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
 
 
 def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per setting: multihead's images/s over each other system's (``multihead_over_<system>``)."""
+    """Per setting: multihead's images/s over each other system's (``multihead_over_<system>``).
+
+    On another backend than torch, multihead is compared with that backend's ``trunk_only`` and with the
+    PyTorch baselines at the same precision and batch size (with ``channels_last`` and ``compiled`` off).
+    """
     keyed: dict[tuple, dict[str, float]] = {}
     for row in report["results"]:
         if row.get("status") == "ok":
-            key = (row["precision"], row["channels_last"], row["compiled"], row["batch_size"])
+            key = (row.get("backend", "torch"), row["precision"], row["channels_last"], row["compiled"],
+                   row["batch_size"])
             keyed.setdefault(key, {})[row["system"]] = row["images_per_second"]
     summary = []
-    for (precision, cl, comp, batch_size), speeds in keyed.items():
+    for (backend, precision, cl, comp, batch_size), speeds in keyed.items():
         if "multihead" not in speeds:
             continue
-        entry: dict[str, Any] = {"precision": precision, "channels_last": cl, "compiled": comp,
-                                 "batch_size": batch_size, "multihead_images_per_second": speeds["multihead"]}
+        entry: dict[str, Any] = {"backend": backend, "precision": precision, "channels_last": cl,
+                                 "compiled": comp, "batch_size": batch_size,
+                                 "multihead_images_per_second": speeds["multihead"]}
+        baselines = {**keyed.get(("torch", precision, cl, comp, batch_size), {}), **speeds}
         for other in SYSTEMS[1:]:
-            if other in speeds:
-                entry[f"multihead_over_{other}"] = speeds["multihead"] / speeds[other]
+            if other in baselines:
+                entry[f"multihead_over_{other}"] = speeds["multihead"] / baselines[other]
         summary.append(entry)
     return summary
 

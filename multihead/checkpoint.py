@@ -135,6 +135,9 @@ def _check_json_fields(path: Path, header: dict[str, Any]) -> None:
         raise CheckpointError(f"{path}: damaged metadata ('trunk' and 'metadata' must be JSON objects)")
     wrong = [key for key, kind in (("name", str), ("fingerprint", str), ("embedded", bool))
              if not isinstance(trunk.get(key), kind)]
+    stages = trunk.get("stages", [])
+    if not isinstance(stages, list) or not all(isinstance(stage, str) for stage in stages):
+        wrong.append("stages")
     if wrong:
         raise CheckpointError(f"{path}: damaged trunk metadata: {', '.join(wrong)} missing or of the wrong type")
 
@@ -152,7 +155,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
     name, fingerprint, embedded = spec["name"], spec["fingerprint"], spec["embedded"]
     weights = None if embedded else ("imagenet" if spec.get("source") == "timm" else spec.get("weights_id"))
     try:
-        trunk = create_trunk(name, weights=weights)
+        trunk = create_trunk(name, weights=weights, stages=spec.get("stages", ()))
         model = MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"], joint=header["joint"])
     except ValueError as err:  # an unknown trunk or weights id, an unknown joint rule: named in the metadata
         raise CheckpointError(f"{path}: the model its metadata describes cannot be built ({err})") from None

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from .images import IMAGE_EXTENSIONS
@@ -47,8 +48,8 @@ def _library_errors(func: _F) -> _F:
             return func(*args, **kwargs)
         except typer.Exit:  # click's Exit is a RuntimeError: let it through untouched
             raise
-        except (ValueError, TypeError, RuntimeError, OSError) as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        except (ValueError, TypeError, RuntimeError, OSError) as err:  # escaped: "[serve]" is no markup
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
@@ -191,7 +192,8 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
     console.print(f"[bold]{path}[/] (checkpoint format {header['format_version']})")
     console.print(f"trunk: {trunk['name']} ({trunk.get('source')}), weights "
                   f"{trunk.get('weights_id') or 'embedded'}, fingerprint {trunk['fingerprint'][:16]}..., "
-                  f"{trunk['num_features']} features")
+                  f"{trunk['num_features']} features"
+                  + (f" (pooled from {', '.join(trunk['stages'])} and the output)" if trunk.get("stages") else ""))
     console.print(f"preprocessing: {header['preprocessing'].describe()}")
     table = Table("organ", "display name", "subtypes")
     for organ in taxonomy.organs:
@@ -208,6 +210,28 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
             scores.add_row(split, str(metadata.get("counts", {}).get(split, "")),
                            f"{values['router_accuracy']:.4f}", f"{values['accuracy']:.4f}")
         console.print(scores)
+
+
+@app.command()
+@_library_errors
+def export(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to export.", exists=True, dir_okay=False)],
+    export_format: Annotated[str, typer.Option("--format", help="onnx: one graph that ONNX Runtime and OpenVINO "
+                                                                "both read.")] = "onnx",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: MODEL.onnx).")] = None,
+    opset: Annotated[int, typer.Option(min=18, max=20, help="ONNX opset.")] = 18,
+) -> None:
+    """Export a checkpoint as one ONNX graph: uint8 images in; features, logits and joint log-probabilities out.
+
+    The checkpoint's taxonomy, preprocessing and fingerprints travel in the file's metadata (docs/benchmarks.md).
+    """
+    from .checkpoint import load
+    from .export import export_onnx
+
+    if export_format != "onnx":
+        raise ValueError(f"--format must be onnx (OpenVINO reads the ONNX file as it is), got {export_format!r}")
+    written = export_onnx(load(model), out or model.with_suffix(".onnx"), opset=opset)
+    console.print(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MiB, opset {opset})", highlight=False)
 
 
 def _status(prediction: Any) -> str:
@@ -318,6 +342,32 @@ def explain(
 
 @app.command()
 @_library_errors
+def serve(
+    model: ModelOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server, which has no "
+                                           "authentication, to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MiB (413 above).")] = 32.0,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Largest image, width x height, from its header (422 "
+                                                        "above).")] = 40_000_000,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="Most images in one forward pass, across requests "
+                                                            "(default: 1, 2, 4 or 8, the fastest, timed at start).")
+                         ] = None,
+    batch_wait_ms: Annotated[float, typer.Option(min=0.0, max=1000.0, help="How long the first image of a batch "
+                                                                           "waits for others.")] = 5.0,
+) -> None:
+    """Web page and HTTP API: upload images, see organ, subtype, probabilities and Grad-CAM (docs/serve.md)."""
+    from .serve import ServeSettings, run_server
+
+    settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
+                             max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                             max_queue=max(ServeSettings.max_queue, max_batch or 0))
+    run_server(model, host=host, port=port, device=device, settings=settings)  # MissingExtraError: a RuntimeError
+
+
+@app.command()
+@_library_errors
 def benchmark(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     batch_size: Annotated[list[int] | None, typer.Option("--batch-size", "-b", min=1,
@@ -332,6 +382,8 @@ def benchmark(
     repeats: Annotated[int, typer.Option(min=1, help="Timed batches per setting (median reported).")] = 5,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed batches first.")] = 2,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the full report here.")] = None,
+    backend: Annotated[list[str] | None, typer.Option(help="torch, onnxruntime or openvino; repeat for several "
+                                                           "(default: torch). Only torch runs the baselines.")] = None,
 ) -> None:
     """Images per second of one fused pass against eight separate models, a router cascade and the bare trunk.
 
@@ -345,18 +397,20 @@ def benchmark(
     table = Table("system", "precision", "channels_last", "compiled", "batch", "images/s", "p50 ms", "spread")
 
     def show(row: dict[str, Any]) -> None:
+        name = row["system"] if row["backend"] == "torch" else f"{row['system']} ({row['backend']})"
         if row["status"] != "ok":
-            table.add_row(row["system"], row["precision"], str(row["channels_last"]), str(row["compiled"]),
+            table.add_row(name, row["precision"], str(row["channels_last"]), str(row["compiled"]),
                           str(row["batch_size"]), f"[red]{row['status']}[/]", "", "")
             return
-        table.add_row(row["system"], row["precision"], str(row["channels_last"]), str(row["compiled"]),
+        table.add_row(name, row["precision"], str(row["channels_last"]), str(row["compiled"]),
                       str(row["batch_size"]), f"{row['images_per_second']:.1f}", f"{row['latency_ms_p50']:.1f}",
                       f"{row['spread_pct']:.0f}%")
 
     with console.status("timing..."):
         report = run_benchmark(systems=system or SYSTEMS, device=device, batch_sizes=batch_size or [1, 8, 32],
                                precisions=precision or ["fp32"], channels_last=[channels_last], compiled=[compiled],
-                               image_size=image_size, warmup=warmup, repeats=repeats, callback=show)
+                               image_size=image_size, warmup=warmup, repeats=repeats, backends=backend or ["torch"],
+                               callback=show)
     machine = report["machine"]
     table.title = (f"{machine.get('gpu') or machine['cpu_model']}, {report['cpu_count']} CPUs, "
                    f"torch {report['torch']}, {image_size} px")
@@ -365,7 +419,8 @@ def benchmark(
         ratios = ", ".join(f"{k.removeprefix('multihead_over_')} x{v:.2f}" for k, v in entry.items()
                            if k.startswith("multihead_over_"))
         if ratios:
-            console.print(f"multihead vs {ratios} ({entry['precision']}, batch {entry['batch_size']})")
+            console.print(f"multihead vs {ratios} ({entry['backend']}, {entry['precision']}, "
+                          f"batch {entry['batch_size']})")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -395,6 +450,9 @@ def train(
         help="identity, dihedral (cached flip/rotation views), or augmented (online: the paper's rotation, "
              "flips and scaling through the trunk, a fresh view per epoch).")] = None,
     image_size: Annotated[int | None, typer.Option(min=8, help="Input side in pixels.")] = None,
+    stages: Annotated[str | None, typer.Option(
+        help="Earlier trunk stages whose pooled outputs join the features: auto (the default preset), none, "
+             "or module names joined by commas (features.13,features.16).")] = None,
     split: Annotated[Path | None, typer.Option(help="Reuse a split file (JSON).", exists=True, dir_okay=False)
                      ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
@@ -410,7 +468,7 @@ def train(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                      views=views, image_size=image_size)
+                                      views=views, image_size=image_size, stages=stages)
     weights = None if trunk_weights.lower() == "none" else trunk_weights
     epochs_table = Table("part", "epoch", "train loss", "train router", "train acc", "val loss", "val router",
                          "val acc", "", title="training")

@@ -76,6 +76,8 @@ class FeatureCache:
             "preprocessing": model.preprocessing.to_json(),
             "precision": config.precision,
         }
+        if model.trunk.stages:  # only when present: caches of single-stage trunks keep their keys
+            self.identity["stages"] = list(model.trunk.stages)
         key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.directory = Path(directory) / f"{model.trunk.name}-{key}"
         self._entries: dict[str, torch.Tensor] | None = None

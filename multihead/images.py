@@ -9,9 +9,13 @@ image larger than ``max_pixels`` is refused from its header, before any pixel is
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -23,6 +27,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "ImageError",
     "ImageInput",
+    "decode_image",
     "describe_input",
     "is_path",
     "pil_to_rgb",
@@ -99,20 +104,53 @@ def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFA
     """
     name = describe_input(path)
     _check_is_file(path, name)
+    with _decoding_errors(name), open(path, "rb") as handle:
+        return _decode(handle, name, max_pixels)
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`read_image` for an image held in memory (an HTTP upload): same formats, limits and errors.
+
+    Args:
+        data: the encoded file's bytes.
+        name: how error messages name the image (an upload's file name).
+
+    Raises:
+        ImageError: the bytes are empty, not an image, truncated, or larger than ``max_pixels``.
+
+    Example:
+        >>> decode_image(open("slide.png", "rb").read(), name="slide.png").size  # doctest: +SKIP
+        (640, 480)
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"{name}: expected the encoded image as bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError(f"{name}: is empty (0 bytes)")
+    with _decoding_errors(name):
+        return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(handle: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+    # Pillow's warnings (corrupt EXIF, oversized tags, its own bomb warning: max_pixels is the limit here)
+    # are silenced: the outcome is an image or one ImageError.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = Image.open(handle, formats=IMAGE_FORMATS)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageError(
+                f"{name}: {image.width}x{image.height} pixels is more than the limit of {max_pixels:,}; "
+                "raise max_pixels if the file is trusted"
+            )
+        image.seek(0)
+        image.load()
+        return pil_to_rgb(image, source=name)
+
+
+@contextmanager
+def _decoding_errors(name: str) -> Iterator[None]:
+    """Whatever Pillow raises while opening or decoding becomes one :class:`ImageError` naming ``name``."""
     try:
-        # Pillow's warnings (corrupt EXIF, oversized tags, its own bomb warning: max_pixels is the limit here)
-        # are silenced: the outcome is an image or one ImageError.
-        with open(path, "rb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = Image.open(handle, formats=IMAGE_FORMATS)
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageError(
-                    f"{name}: {image.width}x{image.height} pixels is more than the limit of {max_pixels:,}; "
-                    "raise max_pixels if the file is trusted"
-                )
-            image.seek(0)
-            image.load()
-            return pil_to_rgb(image, source=name)
+        yield
     except ImageError:
         raise
     except PermissionError:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from .backends import BACKEND_PRECISIONS, BACKENDS, resolve_backend, runtime_for
 from .images import ImageError, ImageInput, describe_input, is_path
 from .model import HeadOutput, MultiHeadModel
 from .trust import decide_joint, statuses, subtype_confidence
@@ -40,12 +41,16 @@ MODEL_ENV = "MULTIHEAD_MODEL"
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How batches run. ``precision`` applies to the trunk only (autocast); heads stay float32.
+    """How batches run. ``precision`` applies to the trunk only; heads stay float32.
 
-    ``channels_last=None`` (the default) means channels_last on the CPU, where it was measured faster
-    than the contiguous layout with the same answers (docs/benchmarks.md), and contiguous on CUDA (not yet
-    measured there). bf16 is faster on a CPU with AVX512-BF16 but changed the predicted subtype of too
-    many images to be the default. :meth:`resolve` shows what a device gets.
+    ``backend`` says what runs the trunk: ``"torch"``, or an exported graph on ``"onnxruntime"`` or
+    ``"openvino"`` (:mod:`multihead.backends`). ``"auto"`` (the default) takes OpenVINO, then ONNX Runtime,
+    when installed (``pip install 'multihead[openvino]'``) and the device is the CPU, else PyTorch: on this
+    project's CPU OpenVINO fp32 gave the same answers as PyTorch fp32 eager, 1.8 to 12.9 times as fast
+    (docs/benchmarks.md). ``channels_last=None`` (the default) means channels_last on the CPU, where it was
+    measured faster than the contiguous layout with the same answers, and contiguous on CUDA (not yet measured
+    there); it applies to the torch backend only. bf16 is faster on a CPU with AVX512-BF16 but changed the
+    predicted subtype of too many images to be the default. :meth:`resolve` shows what a device gets.
     """
 
     batch_size: int = 64
@@ -53,6 +58,8 @@ class InferenceConfig:
     channels_last: bool | None = None
     tta: bool = False
     """Test-time augmentation: average the joint probabilities over the 8 dihedral views (8x the trunk's work)."""
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
+    """What runs the trunk; ``"auto"``: OpenVINO, then ONNX Runtime, when installed and on the CPU, else torch."""
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -63,17 +70,25 @@ class InferenceConfig:
             raise ValueError(f"channels_last must be True, False or None (per device), got {self.channels_last!r}")
         if self.tta not in (True, False):
             raise ValueError(f"tta must be True or False, got {self.tta!r}")
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend != "auto" and self.precision not in BACKEND_PRECISIONS[self.backend]:
+            runs = " or ".join(BACKEND_PRECISIONS[self.backend])
+            raise ValueError(f"backend {self.backend!r} runs precision {runs}, got {self.precision!r}")
 
     def resolve(self, device: str | torch.device) -> InferenceConfig:
-        """The concrete settings on ``device``: ``channels_last=None`` replaced by the device's default.
+        """The concrete settings on ``device``: ``channels_last=None`` and ``backend="auto"`` replaced by the
+        device's defaults (the backend also depends on what is installed).
 
         Example:
             >>> InferenceConfig().resolve("cpu").channels_last, InferenceConfig().resolve("cuda").channels_last
             (True, False)
+            >>> InferenceConfig().resolve("cuda").backend
+            'torch'
         """
-        if self.channels_last is not None:
-            return self
-        return replace(self, channels_last=torch.device(device).type == "cpu")
+        on_cpu = torch.device(device).type == "cpu"
+        return replace(self, channels_last=on_cpu if self.channels_last is None else self.channels_last,
+                       backend=resolve_backend(self.backend, self.precision, device))
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,12 @@ def run_features(model: MultiHeadModel, batch: torch.Tensor,
     if batch.shape[0] == 0:
         raise ValueError("empty batch: at least one image is needed")
     device = model.device
-    config = config.resolve(device)
+    resolved = config.resolve(device)
+    if resolved.backend != "torch":
+        runtime = runtime_for(model, resolved.backend, resolved.precision, fallback=config.backend == "auto")
+        if runtime is not None:
+            return runtime.features(batch).to(device)
+    config = resolved
     with torch.inference_mode():
         batch = batch.to(device, non_blocking=True)
         if config.channels_last:  # in uint8, before normalising: a quarter of the bytes to move

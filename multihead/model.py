@@ -8,6 +8,7 @@ takes the router's organ and that organ's best subtype, so organ and subtype can
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,14 +208,17 @@ class MultiHeadModel(nn.Module):
 
 
 def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = "imagenet",
-                 taxonomy: Taxonomy = MULTI_CANCER, *, image_size: int | None = None,
-                 preprocessing: Preprocessing | None = None, seed: int | None = None) -> MultiHeadModel:
+                 taxonomy: Taxonomy = MULTI_CANCER, *, trunk_stages: Sequence[str] | str = (),
+                 image_size: int | None = None, preprocessing: Preprocessing | None = None,
+                 seed: int | None = None) -> MultiHeadModel:
     """Build a multi-head model with freshly initialised heads.
 
     Args:
         trunk: a torchvision or timm model name, or a :class:`~multihead.trunk.Trunk`.
         trunk_weights: ``"imagenet"``, a weights id, a local file, or ``None`` (random, said explicitly).
         taxonomy: the organ -> subtypes layout; head sizes come from it.
+        trunk_stages: inner trunk stages whose pooled outputs join the features, or ``"auto"``
+            (see :func:`~multihead.trunk.create_trunk`); ignored when ``trunk`` is already built.
         image_size: input side in pixels, overriding the trunk's default.
         preprocessing: full preprocessing, overriding the trunk's default (and ``image_size``).
         seed: seed for the heads' initialisation.
@@ -227,7 +231,7 @@ def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = 
     if not isinstance(taxonomy, Taxonomy):
         raise TypeError(f"taxonomy must be a multihead.Taxonomy, got {type(taxonomy).__name__}")
     if not isinstance(trunk, Trunk):
-        trunk = create_trunk(trunk, weights=trunk_weights)
+        trunk = create_trunk(trunk, weights=trunk_weights, stages=trunk_stages)
     if preprocessing is None:
         preprocessing = trunk.preprocessing if image_size is None else trunk.preprocessing.with_size(image_size)
     model = MultiHeadModel(trunk, taxonomy, preprocessing=preprocessing)

@@ -115,7 +115,8 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
               f"{split.info['groups']} groups kept within one split")
     timings["split_s"] = time.perf_counter() - started
 
-    model = create_model(trunk, trunk_weights, scan.taxonomy, image_size=config.image_size, seed=config.seed)
+    model = create_model(trunk, trunk_weights, scan.taxonomy, trunk_stages=config.trunk_stages,
+                         image_size=config.image_size, seed=config.seed)
     views = VIEWS if config.views == "dihedral" else VIEWS[:1]
     started = time.perf_counter()
     sets: dict[str, FeatureSet] = {}

@@ -51,6 +51,12 @@ class TrainConfig:
     # 448 px beat 224 px on the shared sample (docs/accuracy.md); None keeps the trunk's own size.
     views: str = "identity"
     image_size: int | None = 448
+    # features: the trunk's pooled output, plus average-pooled earlier stages ("auto": the end of every stage
+    # but the last, multihead.trunk.AUTO_STAGES; "none"; or module names joined by commas). Standardising
+    # them for training (folded into the heads afterwards, so inference is unchanged) lets Adam treat
+    # stages of very different scales alike. Both measured in docs/accuracy.md.
+    stages: str = "auto"
+    standardize: bool = True
     # probabilities: temperature scaling on the validation split after training (changes no prediction)
     calibrate: bool = True
 
@@ -64,6 +70,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not isinstance(self.stages, str):
+            raise ValueError(f"stages must be 'auto', 'none' or module names joined by commas, got {self.stages!r}")
+
+    @property
+    def trunk_stages(self) -> tuple[str, ...] | str:
+        """``stages`` in the form :func:`multihead.create_model` takes."""
+        if self.stages in ("auto", "none", ""):
+            return "auto" if self.stages == "auto" else ()
+        return tuple(part.strip() for part in self.stages.split(",") if part.strip())
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -81,7 +96,7 @@ PRESETS = {
     # The paper: Adam, lr 1e-3, batch 32, 4 epochs, last layer only, no class weighting, images augmented by
     # rotation, flips and scaling on every pass.
     "paper": TrainConfig(epochs=4, lr=1e-3, batch_size=32, weight_decay=0.0, class_weighting=False,
-                         views="augmented", image_size=224, calibrate=False),
+                         views="augmented", image_size=224, calibrate=False, stages="none", standardize=False),
 }
 
 
@@ -189,6 +204,35 @@ def _fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None,
         raise ValueError("no training images: the training split is empty")
     if config.views == "identity":
         train = FeatureSet(train.features[:, :1], train.organs, train.subtypes, train.relpaths, train.views[:1])
+    if not config.standardize:
+        return _train_heads(model, train, val, config, on_epoch)
+    mean, std = _feature_statistics(train)
+    history = _train_heads(model, _standardized(train, mean, std),
+                                None if val is None else _standardized(val, mean, std), config, on_epoch)
+    _fold_standardization(model, mean.to(model.device), std.to(model.device))
+    return history
+
+
+def _feature_statistics(data: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation over training images and views (floored: constant features)."""
+    flat = data.features.reshape(-1, data.features.shape[-1]).float()
+    return flat.mean(0), flat.std(0).clamp_min(1e-3)
+
+
+def _standardized(data: FeatureSet, mean: torch.Tensor, std: torch.Tensor) -> FeatureSet:
+    return FeatureSet((data.features - mean) / std, data.organs, data.subtypes, data.relpaths, data.views)
+
+
+@torch.no_grad()
+def _fold_standardization(model: MultiHeadModel, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Heads trained on ``(x - mean) / std`` become heads on ``x``: ``W' = W / std``, ``b' = b - W' mean``."""
+    for layer in [model.router, *model.heads.values()]:
+        layer.weight.div_(std)
+        layer.bias.sub_(layer.weight @ mean)
+
+
+def _train_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, config: TrainConfig,
+                      on_epoch: Callable[[dict[str, object]], None] | None) -> list[dict[str, object]]:
     taxonomy = model.taxonomy
     present = sorted(set(train.organs.tolist()))
     model.set_available_organs([taxonomy.organ_names[i] for i in present])

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import urllib.error
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,11 +20,20 @@ from torch import nn
 
 from .preprocessing import Preprocessing
 
-__all__ = ["Trunk", "TrunkWeights", "WeightsUnavailableError", "create_trunk", "fingerprint_state_dict"]
+__all__ = ["AUTO_STAGES", "Trunk", "TrunkWeights", "WeightsUnavailableError", "create_trunk",
+           "fingerprint_state_dict"]
 
 TrunkWeights = Literal["imagenet"] | str | os.PathLike | None
 """``"imagenet"`` (the library's published weights), a weights id such as
 ``"ResNet18_Weights.IMAGENET1K_V1"``, a local ``.safetensors``/``.pth`` file, or ``None`` for random weights."""
+
+
+AUTO_STAGES = {
+    "mobilenet_v2": ("features.3", "features.6", "features.10", "features.13", "features.16", "features.17"),
+    **{name: ("layer1", "layer2", "layer3") for name in ("resnet18", "resnet34", "resnet50", "resnet101")},
+}
+"""``stages="auto"`` for torchvision trunks: the last block of every stage before the final one (timm
+trunks take theirs from ``feature_info``)."""
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -45,27 +56,72 @@ class Trunk(nn.Module):
     Build it with :func:`create_trunk`. ``weights_id`` names published weights that anyone can fetch again
     (a checkpoint then stores only the id and fingerprint); ``None`` means the weights must travel with
     the checkpoint (a local file, random init, anything else).
+
+    ``stages`` names inner modules (``"features.13"``, ``"layer3"``) whose outputs are average-pooled and
+    put before the network's own pooled features: texture statistics from earlier stages, for the price
+    of a mean over maps the forward pass computes anyway (docs/accuracy.md measures what they add).
     """
 
     def __init__(self, network: nn.Module, *, name: str, source: str, num_features: int,
-                 preprocessing: Preprocessing, weights_id: str | None = None) -> None:
+                 preprocessing: Preprocessing, weights_id: str | None = None, stages: Sequence[str] = ()) -> None:
         super().__init__()
         self.network = network
         self.name = name
         self.source = source
-        self.num_features = num_features
         self.preprocessing = preprocessing
         self.weights_id = weights_id
+        self.stages = tuple(stages)
+        self._captured = threading.local()  # per-thread: one trunk may serve several threads
+        for stage in self.stages:
+            try:
+                module = network.get_submodule(stage)
+            except AttributeError:
+                raise ValueError(f"trunk {name!r} has no module {stage!r} to pool features from") from None
+            module.register_forward_hook(self._capture)
+        self.num_features = num_features + self._stage_channels()
         self._fingerprint: str | None = None
         self.requires_grad_(False)
         super().train(False)
+
+    def __getstate__(self) -> dict[str, object]:  # threading.local cannot be copied or pickled
+        state = self.__dict__.copy()
+        state["_captured"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._captured = threading.local()
+
+    def _capture(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        pooled = getattr(self._captured, "pooled", None)
+        if pooled is not None:
+            pooled.append(output.mean((2, 3)))
+
+    def _stage_channels(self) -> int:
+        """Channels of the pooled stages, from one small forward pass (shapes are not declared anywhere)."""
+        if not self.stages:
+            return 0
+        with torch.no_grad():
+            self._captured.pooled = []
+            try:
+                self.network.eval()(torch.zeros(1, 3, 64, 64))
+                return sum(p.shape[1] for p in self._captured.pooled)
+            finally:
+                self._captured.pooled = None
 
     def train(self, mode: bool = True) -> Trunk:
         """Stay in eval mode whatever is asked: a frozen trunk's BatchNorm statistics never change."""
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images).flatten(1)
+        if not self.stages:
+            return self.network(images).flatten(1)
+        self._captured.pooled = []
+        try:
+            final = self.network(images).flatten(1)
+            return torch.cat([*self._captured.pooled, final], 1)
+        finally:
+            self._captured.pooled = None
 
     @property
     def fingerprint(self) -> str:
@@ -86,11 +142,13 @@ class Trunk(nn.Module):
             "weights_id": self.weights_id,
             "fingerprint": self.fingerprint,
             "num_features": self.num_features,
+            "stages": list(self.stages),
         }
 
     def extra_repr(self) -> str:
+        stages = f", stages={list(self.stages)}" if self.stages else ""
         return (f"name={self.name!r}, source={self.source!r}, weights_id={self.weights_id!r}, "
-                f"num_features={self.num_features}")
+                f"num_features={self.num_features}{stages}")
 
 
 # --- building ---------------------------------------------------------------------------------------
@@ -170,7 +228,8 @@ def _download_torchvision(weights: torchvision.models.WeightsEnum, progress: boo
         ) from None
 
 
-def create_trunk(name: str = "resnet18", *, weights: TrunkWeights = "imagenet", progress: bool = False) -> Trunk:
+def create_trunk(name: str = "resnet18", *, weights: TrunkWeights = "imagenet", stages: Sequence[str] | str = (),
+                 progress: bool = False) -> Trunk:
     """Build a frozen trunk by name, with its preprocessing.
 
     Args:
@@ -178,6 +237,8 @@ def create_trunk(name: str = "resnet18", *, weights: TrunkWeights = "imagenet", 
         weights: ``"imagenet"`` (torchvision's default weights enum and cache, or timm's pretrained
             weights), a torchvision weights id, a local ``.safetensors`` / ``.pth`` file, or ``None``
             for random weights.
+        stages: inner modules whose average-pooled outputs join the features (see :class:`Trunk`), or
+            ``"auto"`` for the end of every stage but the last (:data:`AUTO_STAGES`).
         progress: show a download progress bar.
 
     Example:
@@ -187,7 +248,7 @@ def create_trunk(name: str = "resnet18", *, weights: TrunkWeights = "imagenet", 
     """
     source = _source_of(name)
     if source == "timm":
-        return _create_timm_trunk(name, weights)
+        return _create_timm_trunk(name, weights, stages)
     network = torchvision.models.get_model(name, weights=None)
     classifier_name, classifier = _last_linear(network)
     weights_id, preprocessing = None, Preprocessing()
@@ -204,8 +265,13 @@ def create_trunk(name: str = "resnet18", *, weights: TrunkWeights = "imagenet", 
         _strict_load(network, read_state_dict(weights), allowed_missing=(classifier_name + ".",),
                      ignored_unexpected=(classifier_name + ".",), what=f"torchvision {name!r} ({weights})")
     _replace_module(network, classifier_name, nn.Identity())
+    if stages == "auto":
+        if name not in AUTO_STAGES:
+            raise ValueError(f"no automatic stages for trunk {name!r} (known: {', '.join(AUTO_STAGES)}); "
+                             "name the modules to pool, for example stages=('layer2', 'layer3')")
+        stages = AUTO_STAGES[name]
     return Trunk(network, name=name, source="torchvision", num_features=classifier.in_features,
-                 preprocessing=preprocessing, weights_id=weights_id)
+                 preprocessing=preprocessing, weights_id=weights_id, stages=stages)
 
 
 def _is_file_like(weights: object) -> bool:
@@ -234,7 +300,7 @@ def _replace_module(network: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(network.get_submodule(parent_name) if parent_name else network, child, new)
 
 
-def _create_timm_trunk(name: str, weights: TrunkWeights) -> Trunk:
+def _create_timm_trunk(name: str, weights: TrunkWeights, stages: Sequence[str] | str) -> Trunk:
     import timm
 
     pretrained = weights is not None and not _is_file_like(weights)
@@ -257,5 +323,7 @@ def _create_timm_trunk(name: str, weights: TrunkWeights) -> Trunk:
         interpolation="bicubic" if config.get("interpolation") == "bicubic" else "bilinear",
     )
     weights_id = f"timm/{network.pretrained_cfg.get('hf_hub_id') or name}" if pretrained else None
+    if stages == "auto":
+        stages = [info["module"] for info in getattr(network, "feature_info", [])[:-1]]
     return Trunk(network, name=name, source="timm", num_features=network.num_features,
-                 preprocessing=preprocessing, weights_id=weights_id)
+                 preprocessing=preprocessing, weights_id=weights_id, stages=stages)

@@ -83,7 +83,10 @@ def render(path: Path = MODEL) -> str:
         "",
         "## Trunk",
         "",
-        f"`{trunk['name']}` ({trunk['source']}), {trunk['num_features']} pooled features, frozen, embedded in the file",
+        f"`{trunk['name']}` ({trunk['source']}), {trunk['num_features']} pooled features"
+        + (f" (the output and the means of {', '.join(f'`{n}`' for n in trunk['stages'])})"
+           if trunk.get("stages") else "")
+        + ", frozen, embedded in the file",
         f"({trunk['stored_dtype']}; float16 storage was tried and changed "
         f"{meta.get('float16_trunk_check', {}).get('changed_predictions', 'n/a')} of "
         f"{meta.get('float16_trunk_check', {}).get('test_images', 'n/a')} test predictions, so it was not used).",

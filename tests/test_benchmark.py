@@ -90,6 +90,19 @@ def test_cli_benchmark_writes_json(tmp_path):
     assert report["results"][0]["channels_last"] is True  # the library's CPU default
 
 
+def test_backends_time_multihead_and_trunk_only_baselines_stay_torch():
+    report = run_benchmark(systems=["multihead", "eight_models", "trunk_only"], precisions=["fp32", "bf16"],
+                           backends=["torch", "onnxruntime"], **{**SMALL, "image_size": 32})
+    assert [(r["system"], r["backend"], r["precision"]) for r in report["results"]] == [
+        ("multihead", "torch", "fp32"), ("multihead", "torch", "bf16"), ("eight_models", "torch", "fp32"),
+        ("eight_models", "torch", "bf16"), ("trunk_only", "torch", "fp32"), ("trunk_only", "torch", "bf16"),
+        ("multihead", "onnxruntime", "fp32"), ("trunk_only", "onnxruntime", "fp32")]  # onnxruntime runs fp32 only
+    onnx_entry = next(e for e in summarize(report) if e["backend"] == "onnxruntime")
+    assert {"multihead_over_eight_models", "multihead_over_trunk_only"} <= onnx_entry.keys()
+    with pytest.raises(ValueError, match="backend 'onnxruntime' runs fp32"):
+        run_benchmark(precisions=["bf16"], backends=["onnxruntime"], **SMALL)
+
+
 def test_cli_benchmark_bad_precision_is_one_line_error():
     result = CliRunner().invoke(app, ["benchmark", "--precision", "fp8", "--image-size", "64"])
     assert result.exit_code == 1 and "unknown precision" in result.output
@@ -98,7 +111,8 @@ def test_cli_benchmark_bad_precision_is_one_line_error():
 # --- the default inference path ------------------------------------------------------------------------
 
 def test_default_config_resolves_per_device():
-    assert InferenceConfig().resolve("cpu") == InferenceConfig(precision="fp32", channels_last=True)
+    assert InferenceConfig().resolve("cpu") == InferenceConfig(precision="fp32", channels_last=True, backend="openvino")
+    assert InferenceConfig().resolve("cuda").backend == "torch"
     assert InferenceConfig().resolve("cuda").channels_last is False
     assert InferenceConfig(channels_last=False).resolve("cpu").channels_last is False
     with pytest.raises(ValueError, match="channels_last"):
@@ -112,7 +126,8 @@ def test_default_config_never_changes_the_model(tiny_model):
 
 
 def _parity(model, batches):
-    fp32_eager = collect_outputs(model, batches, InferenceConfig(precision="fp32", channels_last=False))
+    fp32_eager = collect_outputs(model, batches, InferenceConfig(precision="fp32", channels_last=False,
+                                                                 backend="torch"))
     return compare_outputs(model, fp32_eager, collect_outputs(model, batches, InferenceConfig()))
 
 

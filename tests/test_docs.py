@@ -39,7 +39,8 @@ RUN_LANGS = {"bash": "shell", "sh": "shell", "shell": "shell", "python": "python
 NOT_RUN = re.compile(
     r"""^(?:\S*python3?\s+-m\s+(?:venv|pip\s+install|pytest)\b   # venv, pip, pytest through python -m
         |virtualenv\b|(?:\S*/)?pip3?\s+install\b|(?:\S*/)?pytest\b  # the same as scripts
-        |(?:source|\.)\s+\S*activate\b|git\s+clone\b|cd\b)""",
+        |(?:source|\.)\s+\S*activate\b|git\s+clone\b|cd\b
+        |\(?command\s+-v\b|(?:sudo\s+)?apt-get\b)          # system packages (the browser test's chromium)""",
     re.VERBOSE,
 )
 SHELL_SYNTAX = re.compile(r"[|;<>$`*?]")
@@ -92,7 +93,8 @@ def shell_commands(text: str) -> list[str]:
 def test_block_parsing(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
-        "text\n\n```bash\npython3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest -q\n"
+        "text\n\n```bash\n(command -v chromium || (apt-get update -qq && apt-get install -y chromium)) && "
+        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest -q\n"
         "source .venv/bin/activate\n# a comment\nmultihead classify a.jpg \\\n  --top-k 3\nls && echo hi\n```\n\n"
         "```text\nmultihead classify not-run.jpg\n```\n\n```python\nprint(1)\n```\n"
     )

@@ -1,0 +1,215 @@
+"""Run the trunk on ONNX Runtime or OpenVINO instead of PyTorch: the same features, the same Predictions.
+
+Only the trunk moves. :func:`multihead.inference.run_features` hands the uint8 batch to a :class:`Runtime`,
+which runs the exported graph (:mod:`multihead.export`) and returns its ``features``; the heads, the joint
+probabilities, the trust rules, test-time augmentation and the out-of-distribution score stay in PyTorch
+float32, so every backend goes through the same code after the trunk.
+
+``InferenceConfig(backend="auto")``, the default, takes OpenVINO when it is installed, then ONNX Runtime, then
+PyTorch: on the CPU only, and only once the runtime has reproduced PyTorch's features on a probe batch. When
+the export, the compilation or the probe fails it logs why and stays with PyTorch. The order, and OpenVINO's
+fp32 precision hint, come from measurements (docs/benchmarks.md, "CPU backends").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .export import OUTPUTS, check_onnx, export_onnx, require
+from .model import MultiHeadModel
+
+__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "installed_backends", "open_runtime",
+           "resolve_backend", "runtime_for"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+AUTO_ORDER = ("openvino", "onnxruntime")
+"""What ``backend="auto"`` tries on the CPU, fastest first (measured: docs/benchmarks.md)."""
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_PROBE_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
+"""Largest feature difference from PyTorch on the probe batch, relative to the largest feature: far above what
+the runtimes differ by here (fp32 2e-7 to 2e-6, bf16 3e-3 to 3e-2), far below a wrongly converted graph."""
+_CACHE_SIZE = 4
+
+
+class Runtime:
+    """An exported graph compiled by one backend: uint8 batch -> its outputs. Safe to call from several threads.
+
+    Build one with :func:`open_runtime`; :func:`runtime_for` keeps the ones inference uses.
+    """
+
+    def __init__(self, backend: str, precision: str, threads: int, source: str) -> None:
+        self.backend = backend
+        self.precision = precision
+        self.threads = threads
+        self.source = source
+        """The ONNX file it was compiled from, or ``"exported on the fly"``."""
+
+    def run(self, batch: torch.Tensor, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, torch.Tensor]:
+        """uint8 ``[B, 3, S, S]`` (any device) -> the named graph outputs, float32 CPU tensors."""
+        images = batch.detach().to("cpu", torch.uint8).contiguous().numpy()
+        return {name: torch.from_numpy(np.ascontiguousarray(array))
+                for name, array in zip(outputs, self._infer(images, outputs))}
+
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, S, S]`` -> pooled trunk features ``[B, F]`` (what :func:`run_features` returns)."""
+        return self.run(batch, ("features",))["features"]
+
+    def _infer(self, images: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(backend={self.backend!r}, precision={self.precision!r}, "
+                f"threads={self.threads}, source={self.source!r})")
+
+
+class _OnnxRuntime(Runtime):
+    def __init__(self, path: Path, precision: str, threads: int, source: str) -> None:
+        super().__init__("onnxruntime", precision, threads, source)
+        ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # one graph, one batch at a time: parallelism is inside the operators
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _infer(self, images: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        return self._session.run(list(outputs), {"images": images})  # InferenceSession.run is thread-safe
+
+
+class _OpenVino(Runtime):
+    def __init__(self, path: Path, precision: str, threads: int, source: str) -> None:
+        super().__init__("openvino", precision, threads, source)
+        ov = require("openvino")
+        # Explicit: on a CPU with bf16 instructions OpenVINO's own default precision is bf16, not f32.
+        self._compiled = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",  # one stream: each call is one batch, its threads work on it together
+        })
+
+    def _infer(self, images: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        request = self._compiled.create_infer_request()  # one per call: a request is not thread-safe
+        result = request.infer({"images": images})
+        return [result[self._compiled.output(name)] for name in outputs]
+
+
+_RUNTIMES = {"onnxruntime": _OnnxRuntime, "openvino": _OpenVino}
+
+
+def installed_backends() -> tuple[str, ...]:
+    """The backends this installation can run (``torch`` always; the others need ``onnx`` to export)."""
+    has = {name: importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "openvino")}
+    return ("torch", *(name for name in ("onnxruntime", "openvino") if has[name] and has["onnx"]))
+
+
+def resolve_backend(backend: str, precision: str, device: str | torch.device) -> str:
+    """``"auto"`` -> the first of :data:`AUTO_ORDER` that is installed and runs ``precision`` (CPU only), else
+    ``"torch"``; any other backend is returned as it is.
+
+    Example:
+        >>> resolve_backend("auto", "fp32", "cuda"), resolve_backend("onnxruntime", "fp32", "cpu")
+        ('torch', 'onnxruntime')
+    """
+    if backend != "auto":
+        return backend
+    if torch.device(device).type != "cpu":
+        return "torch"
+    installed = installed_backends()
+    return next((name for name in AUTO_ORDER if name in installed and precision in BACKEND_PRECISIONS[name]),
+                "torch")
+
+
+def open_runtime(model: MultiHeadModel, backend: str, *, precision: str = "fp32",
+                 onnx_file: str | Path | None = None, threads: int | None = None) -> Runtime:
+    """Compile ``model``'s trunk for ``backend`` and check it reproduces PyTorch's features on a probe batch.
+
+    Args:
+        backend: ``"onnxruntime"`` or ``"openvino"``.
+        precision: ``"fp32"``, or ``"bf16"`` on OpenVINO (its ``INFERENCE_PRECISION_HINT``).
+        onnx_file: a file from :func:`multihead.export.export_onnx`, checked against ``model`` first; default:
+            export ``model`` to a temporary file.
+        threads: the runtime's CPU threads (default: ``torch.get_num_threads()``).
+
+    Raises:
+        MissingDependencyError: the backend's package is not installed.
+        ValueError: an unknown backend or precision, a model not on the CPU, an ``onnx_file`` from another model.
+        RuntimeError: the export fails, or the runtime's features differ from PyTorch's.
+
+    Example:
+        >>> runtime = open_runtime(model, "openvino")  # doctest: +SKIP
+        >>> runtime.features(torch.zeros(1, 3, 448, 448, dtype=torch.uint8)).shape
+        torch.Size([1, 1280])
+    """
+    if backend not in _RUNTIMES:
+        raise ValueError(f"backend must be one of {', '.join(_RUNTIMES)} (torch needs no runtime), got {backend!r}")
+    if precision not in BACKEND_PRECISIONS[backend]:
+        raise ValueError(f"{backend} runs {' or '.join(BACKEND_PRECISIONS[backend])} on the CPU, "
+                         f"got precision {precision!r}")
+    if model.device.type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU, the model is on {model.device}; use backend='torch'")
+    threads = threads or torch.get_num_threads()
+    if onnx_file is not None:
+        check_onnx(onnx_file, model)
+        runtime = _RUNTIMES[backend](Path(onnx_file), precision, threads, str(onnx_file))
+    else:
+        with tempfile.TemporaryDirectory(prefix="multihead-onnx-") as folder:
+            path = export_onnx(model, Path(folder) / "model.onnx")
+            runtime = _RUNTIMES[backend](path, precision, threads, "exported on the fly")
+    _probe(model, runtime)
+    return runtime
+
+
+def _probe(model: MultiHeadModel, runtime: Runtime) -> None:
+    """Raise unless ``runtime`` gives PyTorch's float32 features on two random images (a wrong conversion shows)."""
+    size = model.preprocessing.image_size
+    images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.forward_features(model.preprocessing.normalize(images)).float()
+    difference = float((runtime.features(images) - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+    tolerance = _PROBE_TOLERANCE[runtime.precision]
+    if not difference <= tolerance:  # also catches NaN
+        raise RuntimeError(f"{runtime.backend} ({runtime.precision}) features differ from PyTorch's by "
+                           f"{difference:.2g} (relative) on a probe batch, above {tolerance}; use backend='torch'")
+
+
+_cache: OrderedDict[tuple[Any, ...], Runtime | None] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def runtime_for(model: MultiHeadModel, backend: str, precision: str, *, fallback: bool) -> Runtime | None:
+    """The runtime inference uses for ``model`` (built once per trunk, preprocessing, backend, precision, threads;
+    the graph's heads are not used, so retrained heads on the same trunk share it).
+
+    With ``fallback`` (``backend="auto"``) a runtime that cannot be built is logged once and ``None`` comes
+    back: run the trunk in PyTorch. Without it the error is raised.
+    """
+    trunk = json.dumps(model.trunk.spec(), sort_keys=True)  # weights fingerprint, and stages where a trunk has them
+    key = (backend, precision, torch.get_num_threads(), trunk, model.preprocessing.to_json())
+    with _cache_lock:  # one export per key, even when several threads ask at once
+        if key in _cache and (_cache[key] is not None or fallback):  # an explicit backend retries and raises
+            _cache.move_to_end(key)
+            return _cache[key]
+        try:
+            runtime: Runtime | None = open_runtime(model, backend, precision=precision)
+        except (RuntimeError, ValueError) as err:
+            if not fallback:
+                raise
+            logger.warning("backend 'auto': %s is not used, the trunk runs in PyTorch (%s)", backend, err)
+            runtime = None
+        _cache[key] = runtime
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+        return runtime

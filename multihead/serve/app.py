@@ -1,0 +1,357 @@
+"""The FastAPI application: thin routes over the library, one model thread, and limits checked at the edge.
+
+Work is split three ways: the event loop only moves bytes; a small thread pool decodes and resizes uploads
+(and encodes Grad-CAM PNGs); one model thread, owned by :class:`~multihead.serve.batching.MicroBatcher`,
+runs every forward pass. Any failure a client can cause is a 4xx whose ``detail`` names the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from .. import __version__
+from ..card import model_card_data
+from ..explain import Explanation, explain, plot_explanation
+from ..images import ImageError, decode_image
+from ..inference import (
+    MODEL_ENV,
+    FileResult,
+    InferenceConfig,
+    Prediction,
+    default_model_path,
+    predict_batch,
+    resolve_model,
+)
+from ..model import MultiHeadModel
+from .batching import BATCH_CANDIDATES, MicroBatcher, QueueFullError, fastest_batch_size
+from .render import overlay, png_data_url
+from .schemas import ClassifyResponse, ErrorResponse, ExplainResponse, Health
+from .settings import ServeSettings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+PAGE_HEADERS = {  # the page loads nothing from elsewhere; thumbnails are blob: URLs, Grad-CAM maps data: URLs
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "The request body is larger than the server's limit."},
+    422: {"model": ErrorResponse, "description": "No image, too many images, or a file that is not a readable "
+                                                 "image or has too many pixels (the message names it)."},
+    503: {"model": ErrorResponse, "description": "Too many images are waiting; retry after a moment."},
+}
+FILES_HELP = "One or more images (JPEG, PNG, BMP, TIFF, GIF, WebP), each as a part named 'files'."
+
+
+def create_app(model: MultiHeadModel | str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+               settings: ServeSettings | None = None, inference: InferenceConfig | None = None) -> FastAPI:
+    """The API and the page for one model, loaded now (so a bad checkpoint fails before a port is bound).
+
+    Args:
+        model: a loaded model, a checkpoint path, or ``None`` for ``$MULTIHEAD_MODEL`` / the bundled model.
+        device: where the model runs.
+        settings: limits and batching (:class:`ServeSettings`); the defaults when ``None``.
+        inference: how batches run (precision, backend, ...); the library's defaults, as
+            ``multihead classify`` uses, when ``None``. Its ``batch_size`` is ignored: ``settings.max_batch`` rules.
+
+    Example:
+        >>> from fastapi.testclient import TestClient  # doctest: +SKIP
+        >>> with TestClient(create_app("model.safetensors")) as client:
+        ...     results = client.post("/v1/classify", files={"files": open("slide.jpg", "rb")}).json()["results"]
+        >>> first = results[0]
+        >>> first["organ"]
+        'lung_colon'
+    """
+    service = _Service(model, device, settings or ServeSettings(), inference or InferenceConfig())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="multihead",
+        version=__version__,
+        summary="Organ and subtype of a cancer image from one forward pass, with probabilities and Grad-CAM.",
+        description="Research software, not for diagnosis. See docs/serve.md.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(_BodyLimit, max_bytes=service.settings.max_upload_bytes)
+    _add_error_handlers(app)
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_unset=True,
+              responses=ERRORS, summary="Organ, subtype and probabilities of each uploaded image")
+    async def classify(
+        files: Annotated[list[UploadFile], File(description=FILES_HELP)],
+        top_k: Annotated[int, Query(ge=1, le=64, description="Also list the K most probable subtypes "
+                                                              "(as `multihead classify --json --top-k K`).")] = 1,
+    ) -> Any:
+        """Each record is what a line of `multihead classify --json` holds, with `source` the file's name.
+
+        Images from concurrent requests share forward passes. A request with any unreadable image fails
+        whole (422) and names every such file.
+        """
+        return {"results": await service.classify(await _read_uploads(files, service.settings.max_files), top_k)}
+
+    @app.post("/v1/explain", response_model=ExplainResponse, response_model_exclude_unset=True,
+              responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "JSON, or with "
+                                         "format=png one image's figure (as `multihead explain --out`)."}},
+              summary="Grad-CAM maps of the router's organ and the head's subtype")
+    async def explain_images(
+        files: Annotated[list[UploadFile], File(description=FILES_HELP)],
+        output: Annotated[Literal["json", "png"], Query(
+            alias="format", description="json: a classification record plus Grad-CAM overlays as PNG data URLs, "
+                                        "per file; png: the figure of exactly one image.")] = "json",
+    ) -> Any:
+        """Classification plus where in the image the router saw its organ and the head its subtype.
+
+        Grad-CAM needs a backward pass per map, one image at a time, so it is slower than classify.
+        """
+        limit = 1 if output == "png" else service.settings.max_explain_files
+        uploads = await _read_uploads(files, limit)
+        if output == "png":
+            return Response(await service.explain_figure(*uploads[0]), media_type="image/png")
+        return {"results": await service.explain(uploads)}
+
+    @app.get("/v1/model", summary="The model card: taxonomy, trunk, preprocessing, training and metrics")
+    async def model_card() -> dict[str, Any]:
+        """Read from the checkpoint's own metadata (as `multihead info`); no split lists or local paths."""
+        return service.card
+
+    @app.get("/healthz", response_model=Health, summary="Liveness, the model served and batching counters")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": service.model_summary(), "batching": service.batching()}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+# --- the work -----------------------------------------------------------------------------------------
+
+class _Service:
+    """The model, its batcher and the decoding threads: everything the routes share."""
+
+    def __init__(self, model: MultiHeadModel | str | os.PathLike | None, device: str | torch.device,
+                 settings: ServeSettings, inference: InferenceConfig) -> None:
+        path = None  # the file's name is shown on the page; resolve_model's own lookup, made visible
+        if not isinstance(model, MultiHeadModel):
+            path = model or os.environ.get(MODEL_ENV) or default_model_path()
+        self.model = resolve_model(model if path is None else path).to(device).eval()
+        self.model_file = Path(path).name if path is not None else None
+        self.settings = settings
+        self.card = {"file": self.model_file, **model_card_data(self.model)}
+        self.config = inference
+        self.batcher: MicroBatcher[Prediction] = MicroBatcher(
+            lambda batch: predict_batch(self.model, batch, self.config),
+            max_batch=settings.max_batch or max(BATCH_CANDIDATES), max_wait_ms=settings.batch_wait_ms,
+            max_queue=settings.max_queue)
+        self.batch_probe: dict[int, float] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Start the threads; with ``max_batch=None``, time the batch sizes first (before any request comes)."""
+        self._pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="multihead-decode")
+        await self.batcher.start()
+        if self.settings.max_batch is None:
+            size = self.model.preprocessing.image_size
+            example = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8,
+                                    generator=torch.Generator().manual_seed(0))
+            chosen, self.batch_probe = await self.batcher.call(fastest_batch_size, self.batcher.run, example)
+            self.batcher.max_batch = chosen
+            logger.info("batches of up to %d images (images/s by batch size: %s)", chosen,
+                        ", ".join(f"{k}: {v:.1f}" for k, v in self.batch_probe.items()))
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def model_summary(self) -> dict[str, Any]:
+        return {"file": self.model_file, "trunk": self.model.trunk.name,
+                "image_size": self.model.preprocessing.image_size, "device": str(self.model.device),
+                "inference": asdict(self.config.resolve(self.model.device))}
+
+    def batching(self) -> dict[str, Any]:
+        probe = None if self.batch_probe is None else {str(k): v for k, v in self.batch_probe.items()}
+        return {"max_batch": self.batcher.max_batch, "batch_wait_ms": self.batcher.max_wait_ms,
+                "measured_images_per_second": probe, **self.batcher.stats.to_dict()}
+
+    async def _in_pool(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the service is not started (the app's lifespan starts it)")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    async def _decode_all(self, uploads: list[tuple[str, bytes]],
+                          convert: Callable[[Image.Image], Any] = lambda image: image) -> list[Any]:
+        """Decode every upload in the pool; any failure fails the request with every bad file named."""
+
+        def decode(name: str, data: bytes) -> Any:
+            return convert(decode_image(data, name=name, max_pixels=self.settings.max_pixels))
+
+        outcomes = await asyncio.gather(*(self._in_pool(decode, name, data) for name, data in uploads),
+                                        return_exceptions=True)
+        problems = [str(outcome) for outcome in outcomes if isinstance(outcome, ImageError)]
+        if problems:
+            raise HTTPException(422, "; ".join(problems))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
+
+    async def classify(self, uploads: list[tuple[str, bytes]], top_k: int = 1) -> list[dict[str, Any]]:
+        tensors = await self._decode_all(uploads, self.model.preprocessing.load)
+        predictions = await self.batcher.submit(torch.stack(tensors))
+        records = []
+        for (name, _), prediction in zip(uploads, predictions):
+            record = FileResult(name, prediction).to_dict()
+            if top_k > 1:
+                record["top_k"] = prediction.top_k(top_k)
+            records.append(record)
+        return records
+
+    async def explain(self, uploads: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        images = await self._decode_all(uploads)
+        records = []
+        for (name, _), image in zip(uploads, images):
+            explanation: Explanation = await self.batcher.call(explain, image, self.model)
+            gradcam = await self._in_pool(_gradcam_images, explanation)
+            records.append({**FileResult(name, explanation.prediction).to_dict(), "gradcam": gradcam})
+        return records
+
+    async def explain_figure(self, name: str, data: bytes) -> bytes:
+        image, = await self._decode_all([(name, data)])
+        return await self.batcher.call(_figure_png, image, self.model)  # pyplot: one thread only ever draws
+
+
+def _gradcam_images(explanation: Explanation) -> dict[str, str]:
+    image = explanation.image
+    return {"layer": explanation.layer, "input": png_data_url(image),
+            "organ": png_data_url(overlay(image, explanation.organ_map)),
+            "subtype": png_data_url(overlay(image, explanation.subtype_map))}
+
+
+def _figure_png(image: Image.Image, model: MultiHeadModel) -> bytes:
+    from ..reports import _pyplot
+
+    figure = plot_explanation(explain(image, model))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+async def _read_uploads(files: list[UploadFile], limit: int) -> list[tuple[str, bytes]]:
+    """``(file name, bytes)`` of each upload; 422 when there are none or more than ``limit``."""
+    if not files:
+        raise HTTPException(422, "no image in the request: send one or more files in the multipart field 'files'")
+    if len(files) > limit:
+        raise HTTPException(422, f"{len(files)} images in one request, the limit is {limit}: send them in "
+                                 "several requests")
+    uploads = []
+    for index, upload in enumerate(files, start=1):
+        name = os.path.basename((upload.filename or "").replace("\\", "/"))[:200] or f"upload-{index}"
+        uploads.append((name, await upload.read()))
+    return uploads
+
+
+# --- limits and errors ----------------------------------------------------------------------------------
+
+class _BodyLimit:
+    """413 for a body over ``max_bytes``: from Content-Length before reading, or while a chunked body streams."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self) -> str:
+        return (f"request body is larger than the limit of {self.max_bytes:,} bytes ({self.max_bytes / 2**20:.1f} "
+                "MiB): send fewer or smaller images")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = -1
+            if length < 0:
+                await JSONResponse({"detail": "Content-Length is not a whole number of bytes"}, 400)(
+                    scope, receive, send)
+                return
+            if length > self.max_bytes:
+                await JSONResponse({"detail": self._too_large()}, 413, headers={"Connection": "close"})(
+                    scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # raised inside the route's body parsing: becomes the 413
+                    raise HTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for entry in error.errors():
+            where = ".".join(str(part) for part in entry.get("loc", ()) if part != "body")
+            if where == "files" and entry.get("type") == "missing":
+                kind = request.headers.get("content-type", "none").split(";")[0]
+                problems.append(f"no image in the request: send multipart/form-data with one or more files in the "
+                                f"field 'files' (got content type {kind})")
+            else:
+                problems.append(f"{where}: {entry.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(problems)}, 422)
+
+    @app.exception_handler(ImageError)
+    async def unreadable_image(_request: Request, error: ImageError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, 422)
+
+    @app.exception_handler(QueueFullError)
+    async def busy(_request: Request, error: QueueFullError) -> JSONResponse:
+        return JSONResponse({"detail": f"the server is busy: {error}"}, 503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("internal error answering %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(error).__name__}); the server log has the details"},
+                            500)
