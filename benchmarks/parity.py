@@ -67,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
+    def random_resnet18() -> multihead.MultiHeadModel:
+        torch.manual_seed(0)  # the trunk's random weights too, not only the heads: the same rows every run
+        return multihead.create_model("resnet18", trunk_weights=None, seed=0)
+
     builders = {
-        "resnet18": ("resnet18 (random weights, seed 0)",
-                     lambda: multihead.create_model("resnet18", trunk_weights=None, seed=0)),
+        "resnet18": ("resnet18 (random weights, seed 0)", random_resnet18),
         "mobilenet_v2": ("mobilenet_v2 (ImageNet trunk, random heads, seed 0)", lambda: multihead.create_model(
             multihead.create_trunk("mobilenet_v2", weights=args.weights), seed=0)),
         "bundled": ("bundled default model (mobilenet_v2, 448 px, trained heads)",

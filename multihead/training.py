@@ -54,7 +54,7 @@ class TrainConfig:
     # features: the trunk's pooled output, plus average-pooled earlier stages ("auto": the end of every stage
     # but the last, multihead.trunk.AUTO_STAGES; "none"; or module names joined by commas). Standardising
     # them for training (folded into the heads afterwards, so inference is unchanged) lets Adam treat
-    # stages of very different scales alike. Both measured in docs/accuracy.md.
+    # stages of very different scales alike. Both chosen on validation accuracy (docs/accuracy.md).
     stages: str = "auto"
     standardize: bool = True
     # probabilities: temperature scaling on the validation split after training (changes no prediction)
@@ -208,7 +208,7 @@ def _fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None,
         return _train_heads(model, train, val, config, on_epoch)
     mean, std = _feature_statistics(train)
     history = _train_heads(model, _standardized(train, mean, std),
-                                None if val is None else _standardized(val, mean, std), config, on_epoch)
+                           None if val is None else _standardized(val, mean, std), config, on_epoch)
     _fold_standardization(model, mean.to(model.device), std.to(model.device))
     return history
 
@@ -232,7 +232,7 @@ def _fold_standardization(model: MultiHeadModel, mean: torch.Tensor, std: torch.
 
 
 def _train_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, config: TrainConfig,
-                      on_epoch: Callable[[dict[str, object]], None] | None) -> list[dict[str, object]]:
+                 on_epoch: Callable[[dict[str, object]], None] | None) -> list[dict[str, object]]:
     taxonomy = model.taxonomy
     present = sorted(set(train.organs.tolist()))
     model.set_available_organs([taxonomy.organ_names[i] for i in present])

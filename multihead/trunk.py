@@ -106,6 +106,9 @@ class Trunk(nn.Module):
             try:
                 self.network.eval()(torch.zeros(1, 3, 64, 64))
                 return sum(p.shape[1] for p in self._captured.pooled)
+            except (RuntimeError, IndexError) as err:  # a stage whose output is no [B, C, H, W] feature map
+                raise ValueError(f"trunk {self.name!r}: cannot pool stages {list(self.stages)}; each must output "
+                                 f"feature maps [B, C, H, W] ({err})") from None
             finally:
                 self._captured.pooled = None
 

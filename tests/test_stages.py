@@ -36,6 +36,8 @@ def test_auto_stages_append_the_pooled_stage_outputs():
 def test_unknown_stage_names_are_refused():
     with pytest.raises(ValueError, match="no module 'layer9'"):
         create_trunk("resnet18", weights=None, stages=("layer9",))
+    with pytest.raises(ValueError, match=r"cannot pool stages \['fc'\]"):
+        create_trunk("resnet18", weights=None, stages=("fc",))  # the classifier's place: no feature maps
     with pytest.raises(ValueError, match="no automatic stages for trunk 'vgg11'"):
         create_trunk("vgg11", weights=None, stages="auto")
 
