@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "resnet18": ("resnet18 (random weights, seed 0)", random_resnet18),
         "mobilenet_v2": ("mobilenet_v2 (ImageNet trunk, random heads, seed 0)", lambda: multihead.create_model(
             multihead.create_trunk("mobilenet_v2", weights=args.weights), seed=0)),
-        "bundled": ("bundled default model (mobilenet_v2, 448 px, trained heads)",
+        "bundled": ("bundled default model (mobilenet_v2, trained heads)",
                     lambda: multihead.load(default_model_path())),
     }
     models = {builders[key][0]: builders[key][1]() for key in args.models}

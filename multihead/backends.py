@@ -149,9 +149,9 @@ def open_runtime(model: MultiHeadModel, backend: str, *, precision: str = "fp32"
         RuntimeError: the export fails, or the runtime's features differ from PyTorch's.
 
     Example:
-        >>> runtime = open_runtime(model, "openvino")  # doctest: +SKIP
-        >>> runtime.features(torch.zeros(1, 3, 448, 448, dtype=torch.uint8)).shape
-        torch.Size([1, 1280])
+        >>> runtime = open_runtime(multihead.load(default_model_path()), "openvino")  # doctest: +SKIP
+        >>> runtime.features(torch.zeros(1, 3, 640, 640, dtype=torch.uint8)).shape  # doctest: +SKIP
+        torch.Size([1, 1976])
     """
     if backend not in _RUNTIMES:
         raise ValueError(f"backend must be one of {', '.join(_RUNTIMES)} (torch needs no runtime), got {backend!r}")

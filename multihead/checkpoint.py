@@ -28,6 +28,8 @@ __all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_header", "save"]
 
 FORMAT = "multihead"
 FORMAT_VERSION = 1
+OPTIONAL_KEYS = frozenset({"ood_organ_scale"})
+"""Tensors added after format version 1 was fixed: a file without them loads with their defaults."""
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -162,6 +164,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
     expected = model.state_dict()
     heads = {k: v for k, v in expected.items() if not k.startswith("trunk.")}
     trunk_keys = {f"trunk.{k}": v for k, v in trunk.network.state_dict().items()} if embedded else {}
+    for key in OPTIONAL_KEYS.difference(header["keys"]):  # older files: keep the new tensor's default
+        del heads[key]
     _check_keys(path, header["keys"], {**heads, **trunk_keys})
     try:
         with safe_open(str(path), framework="pt") as reader:

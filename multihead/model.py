@@ -82,6 +82,8 @@ class MultiHeadModel(nn.Module):
         self.register_buffer("ood_mean", torch.zeros(trunk.num_features))
         self.register_buffer("ood_projection", torch.zeros(trunk.num_features, components))
         self.register_buffer("ood_class_means", torch.zeros(taxonomy.num_organs, components))
+        # each organ's distances times this, so one threshold flags about as many of every organ's images
+        self.register_buffer("ood_organ_scale", torch.ones(taxonomy.num_organs))
         self.register_buffer("ood_threshold", torch.tensor(float("inf")))
         self.metadata: dict[str, Any] = {}
         """Training config, history, split and metrics; written into checkpoints as JSON."""
@@ -156,11 +158,13 @@ class MultiHeadModel(nn.Module):
     def ood_score(self, features: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, F]`` -> squared Mahalanobis distance to the nearest trained organ ``[B]``.
 
-        Distances are in a whitened PCA space (shared covariance); above ``ood_threshold`` an image is
-        unlike every organ seen in training. Zeros while unfitted.
+        Distances are in a whitened PCA space (shared covariance), each organ's scaled by ``ood_organ_scale``
+        (organs spread differently around their means); above ``ood_threshold`` an image is unlike every
+        organ seen in training. Zeros while unfitted.
         """
         z = (features.to(self.ood_projection.dtype) - self.ood_mean) @ self.ood_projection
         distances = (z.unsqueeze(1) - self.ood_class_means.unsqueeze(0)).square().sum(dim=2)  # [B, O]
+        distances = distances * self.ood_organ_scale
         return distances.masked_fill(~self.organ_mask, float("inf")).min(dim=1).values
 
     # --- trained organs --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ CHROMIUM = os.environ.get("MULTIHEAD_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 EXAMPLE = Path(multihead.__file__).parent / "examples" / "WBC-Malignant-Early-011.jpg"
-TIMEOUT_MS = 90_000  # Grad-CAM of the 448 px bundled model takes seconds on a busy 2-core machine
+TIMEOUT_MS = 90_000  # Grad-CAM of the 640 px bundled model takes seconds on a busy 2-core machine
 
 
 def _browser_or_fail():
@@ -90,7 +90,8 @@ def page(server_url):
 
 def test_upload_shows_organ_subtype_bars_and_gradcam(page):
     expected = multihead.classify(EXAMPLE)  # the bundled model, as the server uses
-    taxonomy = multihead.load(multihead.inference.default_model_path()).taxonomy
+    bundled = multihead.load(multihead.inference.default_model_path())
+    taxonomy = bundled.taxonomy
     page.set_input_files("#file-input", str(EXAMPLE))
     result = page.locator(f'article.result[data-file="{EXAMPLE.name}"]')
     result.and_(page.locator("[data-state=done]")).wait_for()
@@ -106,7 +107,8 @@ def test_upload_shows_organ_subtype_bars_and_gradcam(page):
 
     result.and_(page.locator("[data-gradcam=done]")).wait_for()
     for image in ("cam-input", "cam-organ", "cam-subtype"):
-        assert result.locator(f".{image}").evaluate("img => img.complete && img.naturalWidth") == 448
+        width = result.locator(f".{image}").evaluate("img => img.complete && img.naturalWidth")
+        assert width == bundled.preprocessing.image_size
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
     assert (ARTIFACTS / "serve-page.png").stat().st_size > 10_000

@@ -1,5 +1,6 @@
 """Trust: abstention thresholds, the out-of-distribution score, test-time augmentation, and their CLI."""
 
+import copy
 import json
 
 import numpy as np
@@ -146,6 +147,39 @@ def test_ood_score_ignores_untrained_organs(model):
     assert torch.allclose(model.ood_score(x), before)
 
 
+def test_an_organ_that_spreads_more_is_flagged_no_more_than_the_others(model):
+    """One covariance for all organs fits the tight ones: the widest organ took most of the flags before each
+    organ got its own distance scale (lymphoma on the shared sample: half its images)."""
+    train, val = clustered(model, n_per_subtype=40), clustered(model, n_per_subtype=40)
+    val.features = val.features + 0.6 * torch.randn(val.features.shape, generator=torch.Generator().manual_seed(1))
+    wide = model.taxonomy.organ_index("lymphoma")
+    for data in (train, val):
+        for subtype in data.subtypes[data.organs == wide].unique():
+            rows = data.subtypes == subtype
+            centre = data.features[rows].mean(0)
+            data.features[rows] = centre + 2.5 * (data.features[rows] - centre)
+    info = trust.fit_ood(model, train, val)
+    assert info["organ_scale"]["lymphoma"] < min(info["organ_scale"][o] for o in ("all", "brain"))
+    unscaled = copy.deepcopy(model)
+    unscaled.ood_organ_scale.fill_(1.0)
+    with torch.no_grad():
+        scores, plain = model.ood_score(val.features[:, 0]), unscaled.ood_score(val.features[:, 0])
+    plain_flagged = plain > torch.quantile(plain, trust.DEFAULT_TPR)
+    assert plain_flagged.any() and not plain_flagged[val.organs != wide].any()  # the failure the scales remove
+    for organ in ORGANS:
+        rows = val.organs == model.taxonomy.organ_index(organ)
+        assert 0.02 < (scores[rows] > model.ood_threshold).float().mean() < 0.1, organ
+
+
+def test_a_checkpoint_from_before_organ_scales_loads_with_scale_one(model, tmp_path):
+    trust.fit_ood(model, clustered(model, n_per_subtype=20))
+    del model._buffers["ood_organ_scale"]  # what a file written before the scales holds
+    model.save(tmp_path / "old.safetensors")
+    loaded = multihead.load(tmp_path / "old.safetensors")
+    assert torch.equal(loaded.ood_organ_scale, torch.ones(loaded.taxonomy.num_organs))
+    assert float(loaded.ood_threshold) == pytest.approx(float(model.ood_threshold))
+
+
 def test_fitted_trust_travels_in_the_checkpoint(model, tmp_path):
     data = clustered(model, n_per_subtype=20)
     trust.fit_trust(model, data, data, target_accuracy=0.9)
@@ -153,7 +187,7 @@ def test_fitted_trust_travels_in_the_checkpoint(model, tmp_path):
     model.save(path)
     loaded = multihead.load(path)
     for name in ("router_threshold", "subtype_threshold", "ood_threshold", "ood_mean", "ood_projection",
-                 "ood_class_means"):
+                 "ood_class_means", "ood_organ_scale"):
         assert torch.equal(getattr(loaded, name), getattr(model, name)), name
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     prediction = multihead.classify(noise, model=loaded)

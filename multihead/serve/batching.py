@@ -2,7 +2,7 @@
 
 A forward pass of 8 images often costs much less than 8 passes of one (on a 2-core CPU, ResNet18 at 224 px
 ran 1.6x as many images per second), so under load the server answers more requests per second by waiting
-a few milliseconds for company. Not always, though (the bundled 448 px MobileNetV2 ran fewer images per
+a few milliseconds for company. Not always, though (the bundled MobileNetV2, at 448 or 640 px, ran fewer images per
 second in batches on that CPU), so how many images a pass may take is measured, not assumed
 (:func:`fastest_batch_size`). Everything that touches the model (batches, Grad-CAM, which hooks the trunk)
 runs on the same single thread, one job at a time: no two passes fight over the cores or see each other's
@@ -214,7 +214,7 @@ def fastest_batch_size(run: Callable[[torch.Tensor], Any], example: torch.Tensor
     """The batch size at which ``run`` gets through the most images per second, timed on copies of ``example``.
 
     Batching is not always faster: on a 2-core CPU ResNet18 at 224 px ran 1.6x as many images per second in
-    batches of 8, but the bundled MobileNetV2 at 448 px ran fewer (docs/serve.md). So the server measures
+    batches of 8, but the bundled MobileNetV2 at 448 or 640 px ran fewer (docs/serve.md). So the server measures
     instead of assuming. A larger size must beat the best smaller one by ``margin`` to be chosen, since a
     bigger batch costs every request in it some latency.
 
