@@ -162,10 +162,13 @@ class MultiHeadModel(nn.Module):
         (organs spread differently around their means); above ``ood_threshold`` an image is unlike every
         organ seen in training. Zeros while unfitted.
         """
-        z = (features.to(self.ood_projection.dtype) - self.ood_mean) @ self.ood_projection
-        distances = (z.unsqueeze(1) - self.ood_class_means.unsqueeze(0)).square().sum(dim=2)  # [B, O]
-        distances = distances * self.ood_organ_scale
+        distances = self.ood_organ_distances(features) * self.ood_organ_scale
         return distances.masked_fill(~self.organ_mask, float("inf")).min(dim=1).values
+
+    def ood_organ_distances(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, F]`` -> squared distance to every organ's mean ``[B, O]``, before scaling."""
+        z = (features.to(self.ood_projection.dtype) - self.ood_mean) @ self.ood_projection
+        return (z.unsqueeze(1) - self.ood_class_means.unsqueeze(0)).square().sum(dim=2)
 
     # --- trained organs --------------------------------------------------------------------------
     @property

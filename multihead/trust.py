@@ -269,9 +269,8 @@ def fit_ood(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None = N
     reference = val if val is not None and len(val) else train
     model.ood_organ_scale.fill_(1.0)
     with torch.no_grad():
-        centred = reference.features[:, 0].to(model.device, model.ood_projection.dtype) - model.ood_mean
-        own_mean = model.ood_class_means[reference.organs.to(model.device)]
-        own = (centred @ model.ood_projection - own_mean).square().sum(1).cpu().double()  # to its own organ
+        distances = model.ood_organ_distances(reference.features[:, 0].to(model.device)).cpu().double()
+    own = distances.gather(1, reference.organs.unsqueeze(1)).squeeze(1)  # each image to its own organ
     pooled = torch.quantile(own, tpr)
     for organ in sorted(set(reference.organs.tolist())):
         rows = reference.organs == organ
