@@ -21,11 +21,11 @@ import torch
 
 import multihead
 from multihead.benchmark import machine_info
+from multihead.data.splits import Split
 from multihead.evaluation import evaluate_folder
-from multihead.reports import markdown_report, write_report
-from multihead.runs import train_from_folder
-from multihead.splits import Split
+from multihead.evaluation.reports import markdown_report, write_report
 from multihead.training import PRESETS
+from multihead.training.pipeline import train_from_folder
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_TRUNK = REPO.parent / "shared" / "weights" / "mobilenet_v2-imagenet-features.safetensors"
@@ -348,7 +348,7 @@ def main() -> None:
             split.save(split_path)
         model = result.model
         args.models.mkdir(parents=True, exist_ok=True)
-        model.save(args.models / f"{name}.safetensors")
+        multihead.save(model, args.models / f"{name}.safetensors")
         test, _ = evaluate_folder(model, args.data, split=split, subset="test", cache_dir=args.cache_dir)
         val, _ = evaluate_folder(model, args.data, split=split, subset="val", cache_dir=args.cache_dir)
         trunk_label = f"{trunk} ({'ImageNet, shared/weights' if weights else 'random'})"

@@ -37,8 +37,8 @@ import torch
 
 import multihead
 from multihead.benchmark import benchmark_system, hardware_slug, machine_info, model_system
-from multihead.export import export_onnx, require
 from multihead.inference import default_model_path
+from multihead.inference.export import export_onnx, require
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> (backend, precision, channels_last input)

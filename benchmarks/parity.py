@@ -25,7 +25,7 @@ import torch
 
 import multihead
 from multihead.benchmark import collect_outputs, compare_outputs, hardware_slug, machine_info
-from multihead.images import IMAGE_EXTENSIONS
+from multihead.data.images import IMAGE_EXTENSIONS
 from multihead.inference import InferenceConfig, default_model_path
 
 REPO = Path(__file__).resolve().parents[1]

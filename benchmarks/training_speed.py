@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import multihead
-import multihead.features as features_module
+import multihead.features.extract as features_module
 from multihead.benchmark import hardware_slug, machine_info
 from multihead.data import scan_dataset
 from multihead.features import FeatureSet, extract_features

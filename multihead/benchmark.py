@@ -9,7 +9,7 @@ runs at the same precision and memory format, so the only difference is the netw
 - ``cascade``: a ResNet18 router, then the chosen organ's ResNet18 (images grouped by organ): two passes.
 - ``trunk_only``: ResNet18 pooled features only, the upper bound for ``multihead``.
 
-``multihead`` and ``trunk_only`` also run on the other backends (:mod:`multihead.backends`: the trunk as an
+``multihead`` and ``trunk_only`` also run on the other backends (:mod:`multihead.inference.backends`: the trunk as an
 exported graph on ONNX Runtime or OpenVINO); the baselines run in PyTorch only.
 
 Weights are random (speed does not depend on their values) and nothing is downloaded.
@@ -33,10 +33,12 @@ import torch
 import torchvision
 from torch import nn
 
-from .backends import BACKEND_PRECISIONS, BACKENDS
-from .inference import InferenceConfig, run_batch, run_features
-from .model import HeadOutput, MultiHeadModel, create_model
-from .preprocessing import Preprocessing
+from ._precision import PRECISIONS as PRECISION_DTYPES
+from .data.preprocessing import Preprocessing
+from .inference.backends import BACKEND_PRECISIONS, BACKENDS
+from .inference.config import InferenceConfig
+from .inference.engine import run_batch, run_features
+from .model.heads import HeadOutput, MultiHeadModel, create_model
 from .taxonomy import MULTI_CANCER, Taxonomy
 
 __all__ = [
@@ -59,8 +61,7 @@ logger = logging.getLogger(__name__)
 SYSTEMS = ("multihead", "eight_models", "cascade", "trunk_only")
 BACKEND_SYSTEMS = ("multihead", "trunk_only")
 """The systems that run on every backend; the others are PyTorch modules."""
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(PRECISION_DTYPES)
 
 
 @dataclass
@@ -144,7 +145,7 @@ def build_system(name: str, *, device: str | torch.device = "cpu", image_size: i
 
     ``channels_last`` lays out the input only, as :func:`run_features` does; ``channels_last_weights``
     also converts the networks' weights (a step the library leaves to the caller). ``backend`` runs the
-    trunk of ``multihead`` and ``trunk_only`` (see :mod:`multihead.backends`); the baselines need ``"torch"``.
+    trunk of ``multihead`` and ``trunk_only`` (see :mod:`multihead.inference.backends`); the baselines need ``"torch"``.
 
     Example:
         >>> system = build_system("trunk_only", image_size=64)
@@ -175,9 +176,8 @@ def build_system(name: str, *, device: str | torch.device = "cpu", image_size: i
     preprocessing = Preprocessing(image_size=image_size)
 
     def step(batch: torch.Tensor, precision: str) -> Any:
-        dtype = _DTYPES.get(precision)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                    enabled=dtype is not None):
+        dtype = PRECISION_DTYPES[precision]
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             return model(_normalized(batch, device, preprocessing, channels_last))
 
     return BenchSystem(name, step, sum(p.numel() for p in model.parameters()), model, channels_last_weights)

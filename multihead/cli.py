@@ -7,8 +7,7 @@ Exit codes: 0 everything worked; 1 an error stopped the command (one line on std
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from .images import IMAGE_EXTENSIONS
+from .data.folders import expand_inputs
 
 app = typer.Typer(
     name="multihead",
@@ -55,19 +54,6 @@ def _library_errors(func: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def expand_inputs(inputs: list[Path]) -> Iterator[Path]:
-    """Files as given; folders walked recursively (sorted) for image files, hidden entries skipped."""
-    for item in inputs:
-        if item.is_dir():
-            for root, dirs, files in os.walk(item, followlinks=False):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                        yield Path(root) / name
-        else:
-            yield item
-
-
 @app.command()
 @_library_errors
 def classify(
@@ -85,12 +71,14 @@ def classify(
                             "resumable, and split over the processes under torchrun (docs/scale-out.md).")] = None,
 ) -> None:
     """Classify images: organ and subtype from one forward pass. Unreadable files are listed, not fatal."""
-    from .inference import InferenceConfig, classify_files, resolve_model
+    from .inference.config import InferenceConfig
+    from .inference.models import resolve_model
+    from .inference.predict import classify_files
 
     if out is not None:
         _classify_to_file(inputs, model, device, InferenceConfig(batch_size=batch_size, tta=tta), out)
         return
-    resolved = resolve_model(model).to(device)
+    resolved = resolve_model(model, device=device)
     if plot is not None:
         _plot_prediction(next(iter(expand_inputs(inputs)), None), resolved, plot)
     results = classify_files(expand_inputs(inputs), resolved, config=InferenceConfig(batch_size=batch_size, tta=tta))
@@ -124,11 +112,11 @@ def classify(
 
 def _classify_to_file(inputs: list[Path], model: str | None, device: str, config: Any, out: Path) -> None:
     from .distributed import classify_to_jsonl, finish, rank_and_world
-    from .inference import resolve_model
+    from .inference.models import resolve_model
 
     rank, _ = rank_and_world()  # first: under torchrun this pins "cuda" to the rank's GPU
     try:
-        summary = classify_to_jsonl(expand_inputs(inputs), resolve_model(model).to(device), out, config)
+        summary = classify_to_jsonl(expand_inputs(inputs), resolve_model(model, device=device), out, config)
     finally:
         finish()
     if rank == 0:
@@ -151,9 +139,10 @@ def extract(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
     """Fill the feature cache for training and evaluation; split over the processes under torchrun."""
+    from .data.views import VIEWS
     from .distributed import extract_to_cache, finish, rank_and_world
-    from .features import VIEWS
-    from .inference import InferenceConfig, resolve_model
+    from .inference.config import InferenceConfig
+    from .inference.models import resolve_model
 
     chosen = {"identity": ("identity",), "dihedral": VIEWS}.get(views)
     if chosen is None:
@@ -163,7 +152,7 @@ def extract(
         raise ValueError("no image files found in the given inputs")
     rank, _ = rank_and_world()
     try:
-        summary = extract_to_cache(files, resolve_model(model).to(device), cache_dir,
+        summary = extract_to_cache(files, resolve_model(model, device=device), cache_dir,
                                    views=chosen, config=InferenceConfig(batch_size=batch_size))
     finally:
         finish()
@@ -181,12 +170,10 @@ def extract(
 @_library_errors
 def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: the default model.")] = None) -> None:
     """Describe a checkpoint (taxonomy, trunk, preprocessing, training) without loading its tensors."""
-    from .checkpoint import read_header
-    from .inference import MODEL_ENV, default_model_path
+    from .model.checkpoint import read_header
+    from .model.locate import locate_model
 
-    path = model or os.environ.get(MODEL_ENV) or default_model_path()
-    if path is None:
-        raise ValueError("no model given and no default model is installed; pass a checkpoint path")
+    path = locate_model(model)
     header = read_header(path)
     trunk, taxonomy = header["trunk"], header["taxonomy"]
     console.print(f"[bold]{path}[/] (checkpoint format {header['format_version']})")
@@ -225,8 +212,8 @@ def export(
 
     The checkpoint's taxonomy, preprocessing and fingerprints travel in the file's metadata (docs/benchmarks.md).
     """
-    from .checkpoint import load
-    from .export import export_onnx
+    from .inference.export import export_onnx
+    from .model.checkpoint import load
 
     if export_format != "onnx":
         raise ValueError(f"--format must be onnx (OpenVINO reads the ONNX file as it is), got {export_format!r}")
@@ -242,9 +229,9 @@ def _status(prediction: Any) -> str:
 
 
 def _plot_prediction(image_path: Path | None, model: Any, out: Path) -> None:
-    from .images import read_image
-    from .inference import classify as classify_image
-    from .reports import plot_prediction
+    from .data.images import read_image
+    from .evaluation.plots import plot_prediction
+    from .inference.predict import classify as classify_image
 
     if image_path is None:
         raise ValueError("--plot needs at least one image")
@@ -274,10 +261,10 @@ def evaluate(
                                              exists=True, file_okay=False)] = None,
 ) -> None:
     """The paper's metrics per organ and subtype, beside the paper's numbers and any baselines."""
-    from .checkpoint import load
-    from .evaluation import evaluate_folder
-    from .reports import markdown_report, write_report
-    from .splits import Split
+    from .data.splits import Split
+    from .evaluation.evaluate import evaluate_folder
+    from .evaluation.reports import markdown_report, write_report
+    from .model.checkpoint import load
 
     chosen = Split.load(split) if split else None
     loaded = load(model)
@@ -296,7 +283,7 @@ def evaluate(
     text = markdown_report(result, title=f"Evaluation of {model.name}", model_info=info, val_report=val_result,
                            compare=others)
     if ood is not None:
-        from .trust import ood_report
+        from .evaluation.trust import ood_report
 
         result["ood"] = ood_report(loaded, data_dir, ood, split=chosen, subset=subset, cache_dir=cache_dir)
         text += _ood_markdown(result["ood"], ood)
@@ -326,15 +313,14 @@ def explain(
     model: ModelOption = None,
 ) -> None:
     """Grad-CAM on the shared trunk: where the router saw the organ and the head saw the subtype."""
-    from .explain import explain as explain_image
-    from .explain import plot_explanation
-    from .reports import _pyplot
+    from .evaluation.plots import plot_explanation, pyplot
+    from .inference.explain import explain as explain_image
 
     explanation = explain_image(image, model=model)
     figure = plot_explanation(explanation)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     p = explanation.prediction
     console.print(f"{p.organ} / {p.subtype} ({p.status}); Grad-CAM on {explanation.layer}; wrote {out}",
                   highlight=False)
@@ -390,7 +376,7 @@ def benchmark(
     Random weights, nothing downloaded; all systems on the same device at the same settings.
     """
     from .benchmark import SYSTEMS, run_benchmark, summarize
-    from .inference import InferenceConfig
+    from .inference.config import InferenceConfig
 
     if channels_last is None:
         channels_last = bool(InferenceConfig().resolve(device).channels_last)
@@ -462,8 +448,9 @@ def train(
     """Train the router and heads on cached features of a frozen trunk; writes the checkpoint and its split."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .runs import save_split_next_to, train_from_folder
-    from .training import PRESETS
+    from .model.checkpoint import save
+    from .training.config import PRESETS
+    from .training.pipeline import save_split_next_to, train_from_folder
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -502,7 +489,7 @@ def train(
         err_console.print(f"skipped {len(result.failures)} unreadable files:")
         for relpath, reason in result.failures:
             err_console.print(f"  {relpath}: {reason}", highlight=False)
-    result.model.save(out)
+    save(result.model, out)
     split_path = save_split_next_to(out, result.split)
     metrics = result.model.metadata["metrics"]
     console.print(f"wrote {out} and {split_path}; " + ", ".join(

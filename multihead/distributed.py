@@ -20,8 +20,11 @@ import torch
 import torch.distributed as dist
 
 from ._io import atomic_path
-from .images import describe_input
-from .inference import InferenceConfig, ModelInput, classify_files, resolve_model
+from .data.images import describe_input
+from .features.extract import extract_features
+from .inference.config import InferenceConfig
+from .inference.models import ModelInput, shared_model
+from .inference.predict import classify_files
 
 __all__ = ["RunSummary", "classify_to_jsonl", "extract_to_cache", "finish", "part_path", "rank_and_world", "shard"]
 
@@ -165,7 +168,7 @@ def classify_to_jsonl(paths: Iterable[str | os.PathLike], model: ModelInput, out
     part.parent.mkdir(parents=True, exist_ok=True)
     resumed, failed = _resume(part, [describe_input(p) for p in mine])
     if resumed < len(mine):
-        resolved = resolve_model(model)
+        resolved = shared_model(model)
         with open(part, "a", encoding="utf-8") as handle:
             for written, result in enumerate(classify_files(mine[resumed:], resolved, config=config), start=1):
                 failed += result.error is not None
@@ -214,13 +217,11 @@ def extract_to_cache(paths: Iterable[str | os.PathLike], model: ModelInput,
         >>> extract_to_cache(files, "model.safetensors", "cache/", views=("identity",))  # doctest: +SKIP
         RunSummary(total=4907, failed=0, resumed=0, rank=0, world=1, failures=())
     """
-    from .features import extract_features  # features imports inference; keep import-time light
-
     rank, world = rank_and_world()
     mine = shard(paths, rank, world)
     failures: list[tuple[int, str]] = []
     if mine:
-        _, _, failures = extract_features(resolve_model(model), mine, views=views, cache_dir=cache_dir,
+        _, _, failures = extract_features(shared_model(model), mine, views=views, cache_dir=cache_dir,
                                           config=config)
     _barrier(world)
     total, failed = _sum_over_ranks([len(mine), len(failures)], world)

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 import multihead
+from multihead.data import VIEWS
 from multihead.evaluation import evaluate_folder
-from multihead.features import VIEWS
+from multihead.features import dataset_features
 from multihead.inference import run_batch
-from multihead.runs import dataset_features, train_from_folder
 from multihead.training import PRESETS
+from multihead.training.pipeline import train_from_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -63,13 +64,13 @@ def main() -> None:
     trunk_dtype = "float32"
     if model.trunk.weights_id is None:  # embedded: try float16 storage
         tmp = args.out.with_suffix(".fp16-check.safetensors")
-        model.save(tmp, trunk_dtype="float16")
+        multihead.save(model, tmp, trunk_dtype="float16")
         changed = _changed_predictions(model, multihead.load(tmp), result)
         tmp.unlink()
         model.metadata["float16_trunk_check"] = {"test_images": test["n_images"], "changed_predictions": changed}
         trunk_dtype = "float16" if changed == 0 else "float32"
         print(f"float16 trunk changes {changed} of {test['n_images']} test predictions -> storing {trunk_dtype}")
-    model.save(args.out, trunk_dtype=trunk_dtype)
+    multihead.save(model, args.out, trunk_dtype=trunk_dtype)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.0f} s; "
           f"test router accuracy {test['router']['accuracy']:.4f}, overall {test['overall']['accuracy']:.4f}")
 

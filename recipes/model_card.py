@@ -15,8 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from multihead.checkpoint import read_header  # noqa: E402
 from multihead.evaluation import PAPER_TEST_ACCURACY  # noqa: E402
+from multihead.model.checkpoint import read_header  # noqa: E402
 
 CARD = REPO / "docs" / "model-card.md"
 MODEL = REPO / "multihead" / "weights" / "default.safetensors"

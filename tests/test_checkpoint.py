@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import multihead
-from multihead.checkpoint import CheckpointError, read_header
 from multihead.inference import run_batch
+from multihead.model.checkpoint import CheckpointError, read_header
 
 
 def _batch(seed=0, size=64, n=4):
@@ -16,7 +16,7 @@ def _batch(seed=0, size=64, n=4):
 def test_round_trip_gives_identical_probabilities(tiny_model, tmp_path):
     path = tmp_path / "model.safetensors"
     tiny_model.metadata = {"training": {"epochs": 1}}
-    tiny_model.save(path)
+    multihead.save(tiny_model, path)
     loaded = multihead.load(path)
     assert loaded.taxonomy == tiny_model.taxonomy
     assert loaded.preprocessing == tiny_model.preprocessing
@@ -30,13 +30,13 @@ def test_round_trip_gives_identical_probabilities(tiny_model, tmp_path):
 def test_available_organs_survive_the_round_trip(tiny_model, tmp_path):
     model = multihead.create_model(tiny_model.trunk, image_size=64, seed=0)
     model.set_available_organs(["brain", "lymphoma"])
-    model.save(tmp_path / "m.safetensors")
+    multihead.save(model, tmp_path / "m.safetensors")
     assert multihead.load(tmp_path / "m.safetensors").available_organs == ("brain", "lymphoma")
 
 
 def test_half_precision_trunk_is_smaller_and_verified(tiny_model, tmp_path):
-    tiny_model.save(tmp_path / "fp32.safetensors")
-    tiny_model.save(tmp_path / "fp16.safetensors", trunk_dtype="float16")
+    multihead.save(tiny_model, tmp_path / "fp32.safetensors")
+    multihead.save(tiny_model, tmp_path / "fp16.safetensors", trunk_dtype="float16")
     assert (tmp_path / "fp16.safetensors").stat().st_size < 0.6 * (tmp_path / "fp32.safetensors").stat().st_size
     loaded = multihead.load(tmp_path / "fp16.safetensors")
     assert loaded.trunk.network.conv1.weight.dtype == torch.float32
@@ -44,15 +44,15 @@ def test_half_precision_trunk_is_smaller_and_verified(tiny_model, tmp_path):
 
 def test_write_is_atomic(tiny_model, tmp_path, monkeypatch):
     path = tmp_path / "model.safetensors"
-    tiny_model.save(path)
+    multihead.save(tiny_model, path)
     before = path.read_bytes()
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("multihead.checkpoint.save_file", crash)
+    monkeypatch.setattr("multihead.model.checkpoint.save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        tiny_model.save(path)
+        multihead.save(tiny_model, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
@@ -64,7 +64,7 @@ def test_not_a_safetensors_file(tmp_path):
 
 
 def test_truncated_file(tiny_model, tmp_path):
-    tiny_model.save(tmp_path / "m.safetensors")
+    multihead.save(tiny_model, tmp_path / "m.safetensors")
     data = (tmp_path / "m.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.safetensors"):
@@ -83,14 +83,14 @@ def _rewrite(src, dst, *, metadata_update=None, tensors_update=None, drop=()):
 
 
 def test_newer_format_version(tiny_model, tmp_path):
-    tiny_model.save(tmp_path / "m.safetensors")
+    multihead.save(tiny_model, tmp_path / "m.safetensors")
     _rewrite(tmp_path / "m.safetensors", tmp_path / "new.safetensors", metadata_update={"format_version": "99"})
     with pytest.raises(CheckpointError, match="upgrade multihead"):
         multihead.load(tmp_path / "new.safetensors")
 
 
 def test_taxonomy_that_does_not_match_heads(tiny_model, tmp_path):
-    tiny_model.save(tmp_path / "m.safetensors")
+    multihead.save(tiny_model, tmp_path / "m.safetensors")
     header = json.loads(multihead.MULTI_CANCER.to_json())
     header["organs"][0]["subtypes"].append({"name": "all_extra", "display_name": "x"})
     _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", metadata_update={"taxonomy": json.dumps(header)})
@@ -99,7 +99,7 @@ def test_taxonomy_that_does_not_match_heads(tiny_model, tmp_path):
 
 
 def test_trunk_fingerprint_mismatch(tiny_model, tmp_path):
-    tiny_model.save(tmp_path / "m.safetensors")
+    multihead.save(tiny_model, tmp_path / "m.safetensors")
     conv = tiny_model.trunk.network.conv1.weight.detach().clone() + 1
     _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", tensors_update={"trunk.conv1.weight": conv})
     with pytest.raises(CheckpointError, match="fingerprint"):
@@ -107,7 +107,7 @@ def test_trunk_fingerprint_mismatch(tiny_model, tmp_path):
 
 
 def test_missing_tensor_is_named(tiny_model, tmp_path):
-    tiny_model.save(tmp_path / "m.safetensors")
+    multihead.save(tiny_model, tmp_path / "m.safetensors")
     _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", drop=("heads.oral.bias",))
     with pytest.raises(CheckpointError, match=r"heads\.oral\.bias"):
         multihead.load(tmp_path / "bad.safetensors")
@@ -124,7 +124,7 @@ def test_referenced_trunk_is_not_embedded(tiny_model, tmp_path, monkeypatch):
     trunk = multihead.create_trunk("resnet18", weights=None)
     trunk.weights_id = "ResNet18_Weights.IMAGENET1K_V1"
     model = multihead.create_model(trunk, seed=0)
-    model.save(tmp_path / "ref.safetensors")
+    multihead.save(model, tmp_path / "ref.safetensors")
     header = read_header(tmp_path / "ref.safetensors")
     assert header["trunk"]["embedded"] is False
     assert not any(k.startswith("trunk.") for k in header["keys"])
@@ -137,7 +137,7 @@ def test_referenced_trunk_is_not_embedded(tiny_model, tmp_path, monkeypatch):
 
 
 def test_a_changed_head_tensor_is_detected(tiny_model, tmp_path):
-    tiny_model.save(tmp_path / "m.safetensors")
+    multihead.save(tiny_model, tmp_path / "m.safetensors")
     weight = tiny_model.heads["brain"].weight.detach().clone()
     weight[0, 0] += 0.5
     _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", tensors_update={"heads.brain.weight": weight})

@@ -51,15 +51,32 @@ def test_prediction_is_consistent(tiny_model, real_images):
 
 def test_model_as_path_and_from_environment(tiny_model, tmp_path, monkeypatch, real_images):
     path = tmp_path / "m.safetensors"
-    tiny_model.save(path)
+    multihead.save(tiny_model, path)
     expected = multihead.classify(real_images[0], model=tiny_model)
     assert multihead.classify(real_images[0], model=path).subtype == expected.subtype
     monkeypatch.setenv("MULTIHEAD_MODEL", str(path))
     assert multihead.classify(real_images[0]).subtype == expected.subtype
 
 
+def test_a_caller_changing_its_model_leaves_the_next_classify_unchanged(tiny_model, tmp_path, real_images):
+    """The load cache never hands out a module another caller changes: what the CLI or the server does to
+    the model it resolved (restrict organs, move it, change a buffer) reaches nobody else's answers."""
+    from multihead.inference import resolve_model
+
+    path = tmp_path / "m.safetensors"
+    multihead.save(tiny_model, path)
+    before = multihead.classify(real_images[0], model=path)
+    owned = resolve_model(path, device="cpu")
+    owned.set_available_organs(["brain"])
+    owned.temperature.logit_scale.fill_(0.01)
+    owned.to(torch.float64)
+    after = multihead.classify(real_images[0], model=path, device="cpu")
+    assert after.probabilities == before.probabilities and after.organ == before.organ
+    assert resolve_model(path) is not resolve_model(path)
+
+
 def test_no_model_says_how_to_get_one(monkeypatch):
-    monkeypatch.setattr("multihead.inference.default_model_path", lambda: None)
+    monkeypatch.setattr("multihead.model.locate.default_model_path", lambda: None)
     with pytest.raises(ValueError, match="multihead train"):
         multihead.classify(np.zeros((8, 8), dtype=np.uint8))
 
@@ -91,7 +108,7 @@ runner = CliRunner()
 @pytest.fixture()
 def model_file(tiny_model, tmp_path):
     path = tmp_path / "model.safetensors"
-    tiny_model.save(path)
+    multihead.save(tiny_model, path)
     return path
 
 

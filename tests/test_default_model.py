@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 import multihead
-from multihead.checkpoint import read_header
 from multihead.data import scan_dataset
+from multihead.data.splits import Split, make_split
 from multihead.evaluation import evaluate_folder
 from multihead.inference import default_model_path
-from multihead.splits import Split, make_split
-from multihead.trunk import fingerprint_state_dict
+from multihead.model.checkpoint import read_header
+from multihead.model.trunk import fingerprint_state_dict
 
 from .conftest import MOBILENET_WEIGHTS, REPO
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch.distributed as dist
 
+import multihead
 from multihead.distributed import classify_to_jsonl, extract_to_cache, part_path, rank_and_world, shard
 from multihead.features import extract_features
 from multihead.inference import InferenceConfig, classify_files
@@ -97,7 +98,7 @@ def test_extract_to_cache_fills_the_cache(tiny_model, image_dir, tmp_path):
 def test_two_gloo_processes_equal_one(tiny_model, image_dir, tmp_path):
     files = _files(image_dir)
     checkpoint = tmp_path / "m.safetensors"
-    tiny_model.save(checkpoint)
+    multihead.save(tiny_model, checkpoint)
     out = tmp_path / "two.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

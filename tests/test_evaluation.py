@@ -96,7 +96,7 @@ def test_evaluate_cli_writes_report_and_figures(small_dataset, tmp_path):  # noq
 
 def test_classify_plot(tiny_model, real_images, tmp_path):
     model_path = tmp_path / "m.safetensors"
-    tiny_model.save(model_path)
+    multihead.save(tiny_model, model_path)
     out = tmp_path / "prediction.png"
     result = runner.invoke(app, ["classify", str(real_images[0]), "-m", str(model_path), "--plot", str(out)])
     assert result.exit_code == 0, result.output

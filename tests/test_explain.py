@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 import multihead
 from multihead.cli import app
-from multihead.explain import explain, find_target_layer, grad_cam, plot_explanation
+from multihead.evaluation.plots import plot_explanation
+from multihead.inference.explain import explain, find_target_layer, grad_cam
 
 runner = CliRunner()
 
@@ -60,7 +61,7 @@ def test_plot_and_cli_write_the_figure(tiny_model, image, tmp_path):
     path = tmp_path / "in.png"
     Image.fromarray(image).save(path)
     checkpoint = tmp_path / "m.safetensors"
-    tiny_model.save(checkpoint)
+    multihead.save(tiny_model, checkpoint)
     out = tmp_path / "figures" / "cam.png"
     result = runner.invoke(app, ["explain", str(path), "--model", str(checkpoint), "--out", str(out)])
     assert result.exit_code == 0, result.output

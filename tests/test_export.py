@@ -12,11 +12,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from multihead import backends
-from multihead.backends import open_runtime, resolve_backend
+import multihead
 from multihead.cli import app
-from multihead.export import OUTPUTS, MissingDependencyError, check_onnx, export_onnx, read_onnx_header, require
-from multihead.inference import InferenceConfig, predict_batch, run_batch, run_features
+from multihead.inference import InferenceConfig, backends, predict_batch, run_batch, run_features
+from multihead.inference.backends import open_runtime, resolve_backend
+from multihead.inference.export import (
+    OUTPUTS,
+    MissingDependencyError,
+    check_onnx,
+    export_onnx,
+    read_onnx_header,
+    require,
+)
 
 RUNTIMES = ["onnxruntime", "openvino"]
 
@@ -95,8 +102,8 @@ def test_bad_opset_and_precision_are_value_errors(tiny_model, tmp_path):
 def test_backend_predictions_equal_torch_predictions(tiny_model, images, backend, precision, one_torch_thread):
     model = copy.deepcopy(tiny_model)  # with an out-of-distribution score, so features reach it too
     generator = torch.Generator().manual_seed(0)
-    model.ood_projection.copy_(torch.randn(model.ood_projection.shape, generator=generator) / 30)
-    model.ood_threshold.fill_(1.0)
+    model.ood.projection.copy_(torch.randn(model.ood.projection.shape, generator=generator) / 30)
+    model.ood.threshold.fill_(1.0)
     expected = predict_batch(model, images, InferenceConfig(backend="torch", precision=precision))
     found = predict_batch(model, images, InferenceConfig(backend=backend, precision=precision))
     tolerance = 1e-5 if precision == "fp32" else 2e-2
@@ -119,7 +126,7 @@ def test_auto_falls_back_to_torch_and_says_why(tiny_model, images, monkeypatch, 
 
     monkeypatch.setattr(backends, "_cache", OrderedDict())
     monkeypatch.setattr(backends, "open_runtime", broken)
-    with caplog.at_level(logging.WARNING, logger="multihead.backends"):
+    with caplog.at_level(logging.WARNING, logger="multihead.inference.backends"):
         features = run_features(tiny_model, images, InferenceConfig())
         run_features(tiny_model, images, InferenceConfig())  # the failure is remembered, not retried
     torch.testing.assert_close(features, run_features(tiny_model, images, InferenceConfig(backend="torch")))
@@ -138,7 +145,7 @@ def test_a_runtime_that_disagrees_with_torch_is_refused(tiny_model, onnx_file, m
 
 def test_cli_export_writes_a_checked_graph(tiny_model, tmp_path):
     checkpoint = tmp_path / "tiny.safetensors"
-    tiny_model.save(checkpoint)
+    multihead.save(tiny_model, checkpoint)
     result = CliRunner().invoke(app, ["export", str(checkpoint)])
     assert result.exit_code == 0, result.output
     assert "tiny.onnx" in result.output and "opset 18" in result.output

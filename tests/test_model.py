@@ -17,7 +17,7 @@ def test_joint_sums_to_one_and_marginal_is_router_softmax(tiny_model):
     out = tiny_model.forward_heads(torch.randn(5, tiny_model.num_features) * 3)
     joint = out.joint_probs.double()
     torch.testing.assert_close(joint.sum(1), torch.ones(5, dtype=torch.float64), rtol=0, atol=1e-5)
-    marginal = torch.zeros(5, 8, dtype=torch.float64).index_add_(1, tiny_model._subtype_organ, joint)
+    marginal = torch.zeros(5, 8, dtype=torch.float64).index_add_(1, tiny_model.subtype_organ, joint)
     torch.testing.assert_close(marginal, out.router_logits.double().softmax(1), rtol=0, atol=1e-5)
 
 
@@ -35,7 +35,7 @@ def test_predicted_subtype_belongs_to_predicted_organ(tiny_model):
     torch.manual_seed(2)
     out = tiny_model.forward_heads(torch.randn(64, tiny_model.num_features) * 5)
     organ, subtype = tiny_model.decide(out)
-    assert torch.equal(tiny_model._subtype_organ[subtype], organ)
+    assert torch.equal(tiny_model.subtype_organ[subtype], organ)
     assert torch.equal(organ, out.router_logits.argmax(1))
 
 

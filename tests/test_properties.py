@@ -20,9 +20,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import multihead
-from multihead.checkpoint import CheckpointError
-from multihead.images import IMAGE_EXTENSIONS, ImageError, read_image, to_rgb_tensor
+from multihead.data.images import IMAGE_EXTENSIONS, ImageError, read_image, to_rgb_tensor
 from multihead.inference import classify_files
+from multihead.model.checkpoint import FORMAT_VERSION, CheckpointError
 
 FAST = settings(max_examples=100, deadline=None, derandomize=True,  # the same examples every run
                suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -223,7 +223,7 @@ def small_checkpoint(tiny_model, workdir):
     heads = {k: v.contiguous() for k, v in tiny_model.state_dict().items() if not k.startswith("trunk.")}
     torch.manual_seed(SEED)  # load() rebuilds this trunk from the same seed: damage, not chance, decides
     trunk = {**multihead.create_trunk("resnet18", weights=None).spec(), "embedded": False, "weights_id": None}
-    metadata = {"format": "multihead", "format_version": "1", "taxonomy": tiny_model.taxonomy.to_json(),
+    metadata = {"format": "multihead", "format_version": str(FORMAT_VERSION), "taxonomy": tiny_model.taxonomy.to_json(),
                 "trunk": json.dumps(trunk), "preprocessing": tiny_model.preprocessing.to_json(), "metadata": "{}"}
     path = workdir / "small.safetensors"
     save_file(heads, str(path), metadata=metadata)

@@ -24,10 +24,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import multihead
-from multihead.checkpoint import CheckpointError
 from multihead.cli import app
-from multihead.images import ImageError, read_image, to_rgb_tensor
+from multihead.data.images import ImageError, read_image, to_rgb_tensor
 from multihead.inference import run_batch
+from multihead.model.checkpoint import CheckpointError
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
@@ -245,7 +245,7 @@ def test_permission_denied_is_named(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return builtins.open(file, *args, **kwargs)
 
-    monkeypatch.setattr("multihead.images.open", refuse, raising=False)
+    monkeypatch.setattr("multihead.data.images.open", refuse, raising=False)
     with pytest.raises(ImageError, match="secret.png: permission denied"):
         read_image(path)
 
@@ -372,7 +372,7 @@ def test_run_batch_names_the_expected_batch(tiny_model, batch):
 @pytest.fixture()
 def model_file(tiny_model, tmp_path):
     path = tmp_path / "model.safetensors"
-    tiny_model.save(path)
+    multihead.save(tiny_model, path)
     return str(path)
 
 
@@ -445,7 +445,7 @@ def test_cli_missing_input_and_bad_model(model_file, tmp_path):
 @pytest.fixture(scope="module")
 def saved(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
-    tiny_model.save(path)
+    multihead.save(tiny_model, path)
     with safe_open(str(path), "pt") as reader:
         metadata = dict(reader.metadata())
     return path, metadata, load_file(str(path))

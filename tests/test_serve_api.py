@@ -70,7 +70,7 @@ def assert_same_record(served: dict, expected: dict) -> None:
 
 def test_classify_returns_what_the_cli_prints(client, tiny_model, tmp_path):
     model_path = tmp_path / "tiny.safetensors"
-    tiny_model.save(model_path)
+    multihead.save(tiny_model, model_path)
     images = EXAMPLES[:2]
     printed = CliRunner().invoke(cli_app, ["classify", *map(str, images), "-m", str(model_path), "--json", "-k", "3"])
     assert printed.exit_code == 0, printed.output

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import multihead
-from multihead.checkpoint import CheckpointError
 from multihead.features import FeatureCache, FeatureSet
 from multihead.inference import InferenceConfig
-from multihead.training import TrainConfig, _fold_standardization, fit_heads
-from multihead.trunk import create_trunk
+from multihead.model.checkpoint import CheckpointError
+from multihead.model.trunk import create_trunk
+from multihead.training import TrainConfig, fit_heads
+from multihead.training.heads import _fold_standardization
 
 
 def test_auto_stages_append_the_pooled_stage_outputs():
@@ -65,7 +66,7 @@ def test_a_staged_trunk_copies_pickles_and_serves_threads():
 
 def test_stages_survive_the_checkpoint_and_key_the_cache(tmp_path):
     model = multihead.create_model("resnet18", trunk_weights=None, trunk_stages="auto", image_size=64, seed=0).eval()
-    model.save(tmp_path / "staged.safetensors")
+    multihead.save(model, tmp_path / "staged.safetensors")
     loaded = multihead.load(tmp_path / "staged.safetensors")
     assert loaded.trunk.stages == model.trunk.stages
     images = torch.randn(2, 3, 64, 64)
@@ -84,7 +85,7 @@ def test_damaged_stage_metadata_is_a_checkpoint_error(tiny_model, tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "model.safetensors"
-    tiny_model.save(path)
+    multihead.save(tiny_model, path)
     with safe_open(str(path), framework="pt") as reader:
         metadata, tensors = reader.metadata(), {k: reader.get_tensor(k) for k in reader.keys()}  # noqa: SIM118
     trunk = json.loads(metadata["trunk"])

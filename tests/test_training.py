@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 import multihead
 from multihead.cli import app
 from multihead.data import scan_dataset
+from multihead.data.splits import Split, dihedral_hashes, group_near_duplicates, make_split
+from multihead.evaluation import feature_metrics
 from multihead.features import FeatureSet, extract_features
-from multihead.splits import Split, dihedral_hashes, group_near_duplicates, make_split
-from multihead.training import TrainConfig, feature_metrics, fit_heads
+from multihead.training import TrainConfig, fit_heads
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_training_is_seeded(tiny_model):
 
 def test_feature_cache_extracts_once_and_rebuilds_damage(tiny_model, real_images, tmp_path, monkeypatch):
     calls = []
-    import multihead.features as features_module
+    import multihead.features.extract as features_module
 
     original = features_module.run_features
 
@@ -197,7 +198,7 @@ def test_train_cli_rejects_unknown_options(small_dataset, tmp_path):
 
 
 def test_temperature_scaling_changes_no_prediction_and_lowers_nll(tiny_model):
-    from multihead.calibration import fit_temperatures
+    from multihead.training.posthoc import fit_temperatures
 
     model = multihead.create_model(tiny_model.trunk, seed=0)
     train = _separable_features(seed=0, n_per_class=8)
@@ -216,7 +217,7 @@ def test_temperature_scaling_changes_no_prediction_and_lowers_nll(tiny_model):
 
 
 def test_augmented_views_are_seeded_and_differ(tiny_model, real_images, tmp_path):
-    from multihead.augment import augmented_features
+    from multihead.features import augmented_features
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG nothing")
@@ -229,7 +230,7 @@ def test_augmented_views_are_seeded_and_differ(tiny_model, real_images, tmp_path
 
 
 def test_online_mode_trains_from_folder(small_dataset, tmp_path):
-    from multihead.runs import train_from_folder
+    from multihead.training.pipeline import train_from_folder
 
     config = TrainConfig(epochs=2, views="augmented", image_size=64)
     result = train_from_folder(small_dataset, config=config, trunk_weights=None, cache_dir=tmp_path)

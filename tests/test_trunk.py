@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import save_file
 
 import multihead
-from multihead.trunk import WeightsUnavailableError, create_trunk
+from multihead.model.trunk import WeightsUnavailableError, create_trunk
 
 from .conftest import MOBILENET_WEIGHTS
 

@@ -7,13 +7,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import multihead
-from multihead import trust
 from multihead.cli import app
-from multihead.features import VIEWS, FeatureSet, apply_view, extract_features
+from multihead.data import VIEWS, apply_view
+from multihead.evaluation.trust import ood_metrics, reliability, risk_coverage
+from multihead.features import FeatureSet, extract_features
 from multihead.inference import InferenceConfig, predict_batch, run_batch
+from multihead.model.checkpoint import FORMAT_1_KEYS
+from multihead.model.decision import Status
+from multihead.model.ood import DEFAULT_TPR
+from multihead.model.thresholds import largest_safe_threshold
+from multihead.model.trunk import fingerprint_state_dict
+from multihead.training.posthoc import fit_ood, fit_thresholds, fit_trust
 
 runner = CliRunner()
 ORGANS = ("all", "brain", "lymphoma")
@@ -48,7 +57,7 @@ def clustered(model, n_per_subtype=12, *, spread=0.6, ambiguous=0.0, seed=0):
         features[i] = (1 - mix) * features[i] + mix * (centres[sibling] + spread * rng.normal(0, 1, model.num_features))
     features = torch.tensor(features, dtype=torch.float32)
     labels = torch.tensor(labels)
-    organs = model._subtype_organ[labels]
+    organs = model.subtype_organ[labels]
     with torch.no_grad():
         model.router.weight.zero_(), model.router.bias.zero_()
         for s, c in centres.items():
@@ -63,8 +72,8 @@ def clustered(model, n_per_subtype=12, *, spread=0.6, ambiguous=0.0, seed=0):
 
 
 def test_defaults_never_abstain_and_never_reject(tiny_model):
-    assert float(tiny_model.router_threshold) == 0.0 and float(tiny_model.subtype_threshold) == 0.0
-    assert not tiny_model.ood_fitted
+    assert float(tiny_model.thresholds.router) == 0.0 and float(tiny_model.thresholds.subtype) == 0.0
+    assert not tiny_model.ood.fitted
     batch = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     for p in predict_batch(tiny_model, batch):
         assert p.status == "organ_and_subtype" and p.ood_score is None and not p.out_of_distribution
@@ -76,74 +85,74 @@ def test_defaults_never_abstain_and_never_reject(tiny_model):
 def test_largest_safe_threshold_keeps_the_largest_accurate_set():
     conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
     right = np.array([1, 1, 1, 0, 1, 0], dtype=bool)
-    assert trust._largest_safe_threshold(conf, right, 1.0, None) == pytest.approx(0.9)
-    assert trust._largest_safe_threshold(conf, right, 0.8, None) == pytest.approx(0.7)
-    assert trust._largest_safe_threshold(conf, np.ones(6, bool), 1.0, None) == 0.0  # all right: keep all
-    assert trust._largest_safe_threshold(conf, np.zeros(6, bool), 0.5, None) == 1.0  # nothing is good enough
+    assert largest_safe_threshold(conf, right, 1.0, None) == pytest.approx(0.9)
+    assert largest_safe_threshold(conf, right, 0.8, None) == pytest.approx(0.7)
+    assert largest_safe_threshold(conf, np.ones(6, bool), 1.0, None) == 0.0  # all right: keep all
+    assert largest_safe_threshold(conf, np.zeros(6, bool), 0.5, None) == 1.0  # nothing is good enough
     # ties move together: 0.9 twice, one of them wrong, so the cut cannot fall between them
-    assert trust._largest_safe_threshold(np.array([0.99, 0.9, 0.9]), np.array([1, 1, 0], bool), 1.0, None) == 0.99
+    assert largest_safe_threshold(np.array([0.99, 0.9, 0.9]), np.array([1, 1, 0], bool), 1.0, None) == 0.99
     # asking for confidence keeps fewer: 3 of 3 right proves little
-    assert trust._largest_safe_threshold(conf, right, 0.5, 0.95) > trust._largest_safe_threshold(conf, right, 0.5, None)
+    assert largest_safe_threshold(conf, right, 0.5, 0.95) > largest_safe_threshold(conf, right, 0.5, None)
 
 
 def test_fit_thresholds_reaches_the_target_on_its_data(model):
     data = clustered(model, n_per_subtype=20, ambiguous=0.4)
-    result = trust.fit_thresholds(model, data, target_accuracy=0.95, confidence_level=None)
-    assert float(model.subtype_threshold) == pytest.approx(result["subtype_threshold"])
+    result = fit_thresholds(model, data, target_accuracy=0.95, confidence_level=None)
+    assert float(model.thresholds.subtype) == pytest.approx(result["subtype_threshold"])
     assert result["accuracy_all"] < 0.95 and result["coverage"] < 1.0  # the data needed abstention
     assert result["accuracy_kept"] >= 0.95 and result["coverage"] > 0
     assert result["coverage"] + result["organ_only_fraction"] + result["uncertain_fraction"] == pytest.approx(1.0)
-    strict = trust.fit_thresholds(model, data, target_accuracy=0.95)  # Clopper-Pearson: keeps no more
+    strict = fit_thresholds(model, data, target_accuracy=0.95)  # Clopper-Pearson: keeps no more
     assert strict["coverage"] <= result["coverage"]
 
 
 def test_given_thresholds_are_used_and_bad_ones_refused(model):
     data = clustered(model)
-    result = trust.fit_thresholds(model, data, router_threshold=0.5, subtype_threshold=0.7)
-    assert (float(model.router_threshold), float(model.subtype_threshold)) == (0.5, pytest.approx(0.7))
+    result = fit_thresholds(model, data, router_threshold=0.5, subtype_threshold=0.7)
+    assert (float(model.thresholds.router), float(model.thresholds.subtype)) == (0.5, pytest.approx(0.7))
     assert result["router_threshold"] == 0.5
     empty = data.subset([])
-    trust.fit_thresholds(model, empty, router_threshold=0.1, subtype_threshold=0.2)  # nothing to fit: fine
+    fit_thresholds(model, empty, router_threshold=0.1, subtype_threshold=0.2)  # nothing to fit: fine
     with pytest.raises(ValueError, match="validation images"):
-        trust.fit_thresholds(model, empty)
+        fit_thresholds(model, empty)
     with pytest.raises(ValueError, match="subtype_threshold must be a probability"):
-        trust.fit_thresholds(model, data, subtype_threshold=1.5)
+        fit_thresholds(model, data, subtype_threshold=1.5)
     with pytest.raises(ValueError, match="target_accuracy"):
-        trust.fit_thresholds(model, data, target_accuracy=0)
+        fit_thresholds(model, data, target_accuracy=0)
 
 
 def test_statuses_back_off_to_the_organ_then_abstain(model):
-    model.router_threshold.fill_(0.6)
-    model.subtype_threshold.fill_(0.8)
+    model.thresholds.router.fill_(0.6)
+    model.thresholds.subtype.fill_(0.8)
     organ = torch.tensor([0.9, 0.9, 0.5, 0.9])
     subtype = torch.tensor([0.9, 0.5, 0.9, 0.9])
     ood = torch.tensor([False, False, False, True])
-    assert trust.statuses(model, organ, subtype, ood) == ["organ_and_subtype", "organ_only", "uncertain", "uncertain"]
+    assert model.thresholds.status(organ, subtype, ood) == ["organ_and_subtype", "organ_only", "uncertain", "uncertain"]
 
 
 def test_ood_score_separates_far_features_and_keeps_95_percent(model):
     data = clustered(model, n_per_subtype=40)
     val = clustered(model, n_per_subtype=40, seed=0)  # same centres, fresh noise below
     val.features = val.features + 0.6 * torch.randn(val.features.shape, generator=torch.Generator().manual_seed(1))
-    info = trust.fit_ood(model, data, val)
-    assert model.ood_fitted and info["threshold"] == pytest.approx(float(model.ood_threshold))
+    info = fit_ood(model, data, val)
+    assert model.ood.fitted and info["threshold"] == pytest.approx(float(model.ood.threshold))
     inside = model.ood_score(val.features[:, 0])
-    assert (inside > model.ood_threshold).float().mean().item() == pytest.approx(0.05, abs=0.01)
+    assert (inside > model.ood.threshold).float().mean().item() == pytest.approx(0.05, abs=0.01)
     far = torch.randn(30, model.num_features) * 3 + 5
     blank = torch.zeros(5, model.num_features)
     outside = model.ood_score(torch.cat([far, blank]))
-    metrics = trust.ood_metrics(inside.numpy(), outside.numpy())
+    metrics = ood_metrics(inside.numpy(), outside.numpy())
     assert metrics["auroc"] > 0.99 and metrics["fpr_at_95_tpr"] == 0.0
-    assert bool((outside > model.ood_threshold).all())
+    assert bool((outside > model.ood.threshold).all())
 
 
 def test_ood_score_ignores_untrained_organs(model):
     data = clustered(model, n_per_subtype=20)
-    trust.fit_ood(model, data)
+    fit_ood(model, data)
     x = data.features[:5, 0]
     before = model.ood_score(x)
     with torch.no_grad():  # an organ never trained sits right on the images: it must not count
-        model.ood_class_means[model.taxonomy.organ_index("oral")] = (x[0] - model.ood_mean) @ model.ood_projection
+        model.ood.class_means[model.taxonomy.organ_index("oral")] = (x[0] - model.ood.mean) @ model.ood.projection
     assert torch.allclose(model.ood_score(x), before)
 
 
@@ -158,40 +167,64 @@ def test_an_organ_that_spreads_more_is_flagged_no_more_than_the_others(model):
             rows = data.subtypes == subtype
             centre = data.features[rows].mean(0)
             data.features[rows] = centre + 2.5 * (data.features[rows] - centre)
-    info = trust.fit_ood(model, train, val)
+    info = fit_ood(model, train, val)
     assert info["organ_scale"]["lymphoma"] < min(info["organ_scale"][o] for o in ("all", "brain"))
     unscaled = copy.deepcopy(model)
-    unscaled.ood_organ_scale.fill_(1.0)
+    unscaled.ood.organ_scale.fill_(1.0)
     with torch.no_grad():
         scores, plain = model.ood_score(val.features[:, 0]), unscaled.ood_score(val.features[:, 0])
-    plain_flagged = plain > torch.quantile(plain, trust.DEFAULT_TPR)
+    plain_flagged = plain > torch.quantile(plain, DEFAULT_TPR)
     assert plain_flagged.any() and not plain_flagged[val.organs != wide].any()  # the failure the scales remove
     for organ in ORGANS:
         rows = val.organs == model.taxonomy.organ_index(organ)
-        assert 0.02 < (scores[rows] > model.ood_threshold).float().mean() < 0.1, organ
+        assert 0.02 < (scores[rows] > model.ood.threshold).float().mean() < 0.1, organ
+
+
+def write_format_1(model, path, *, drop=()):
+    """``model`` as checkpoint format 1 stored it: the estimators' buffers flat on the model, under their old
+    names (``logit_scale``, ``router_threshold``, ``ood_threshold``, ...), minus the keys in ``drop``."""
+    multihead.save(model, path)
+    with safe_open(str(path), framework="pt") as reader:
+        metadata, tensors = reader.metadata(), {k: reader.get_tensor(k) for k in reader.keys()}  # noqa: SIM118
+    old_name = {new: old for old, new in FORMAT_1_KEYS.items()}
+    tensors = {old_name.get(k, k): v for k, v in tensors.items() if old_name.get(k, k) not in drop}
+    heads = {k: v for k, v in tensors.items() if not k.startswith("trunk.")}
+    save_file(tensors, str(path), metadata={**metadata, "format_version": "1",
+                                            "heads_sha256": fingerprint_state_dict(heads)})
+
+
+def test_a_format_1_checkpoint_loads_with_its_buffers_mapped(model, tmp_path):
+    data = clustered(model, n_per_subtype=20)
+    fit_trust(model, data, data, target_accuracy=0.9)
+    model.temperature.logit_scale.fill_(0.5)
+    model.thresholds.router.fill_(0.3)
+    write_format_1(model, tmp_path / "old.safetensors")
+    loaded = multihead.load(tmp_path / "old.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert loaded.ood.fitted and loaded.thresholds.fitted and loaded.temperature.fitted
 
 
 def test_a_checkpoint_from_before_organ_scales_loads_with_scale_one(model, tmp_path):
-    trust.fit_ood(model, clustered(model, n_per_subtype=20))
-    del model._buffers["ood_organ_scale"]  # what a file written before the scales holds
-    model.save(tmp_path / "old.safetensors")
+    fit_ood(model, clustered(model, n_per_subtype=20))
+    write_format_1(model, tmp_path / "old.safetensors", drop=("ood_organ_scale",))  # written before the scales
     loaded = multihead.load(tmp_path / "old.safetensors")
-    assert torch.equal(loaded.ood_organ_scale, torch.ones(loaded.taxonomy.num_organs))
-    assert float(loaded.ood_threshold) == pytest.approx(float(model.ood_threshold))
+    assert torch.equal(loaded.ood.organ_scale, torch.ones(loaded.taxonomy.num_organs))
+    assert float(loaded.ood.threshold) == pytest.approx(float(model.ood.threshold))
 
 
 def test_fitted_trust_travels_in_the_checkpoint(model, tmp_path):
     data = clustered(model, n_per_subtype=20)
-    trust.fit_trust(model, data, data, target_accuracy=0.9)
-    path = tmp_path / "trust.safetensors"
-    model.save(path)
+    fit_trust(model, data, data, target_accuracy=0.9)
+    path = tmp_path / "trusted.safetensors"
+    multihead.save(model, path)
     loaded = multihead.load(path)
-    for name in ("router_threshold", "subtype_threshold", "ood_threshold", "ood_mean", "ood_projection",
-                 "ood_class_means", "ood_organ_scale"):
-        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+    for name in ("thresholds.router", "thresholds.subtype", "ood.threshold", "ood.mean", "ood.projection",
+                 "ood.class_means", "ood.organ_scale"):
+        assert torch.equal(loaded.get_buffer(name), model.get_buffer(name)), name
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     prediction = multihead.classify(noise, model=loaded)
-    assert prediction.ood_score is not None and prediction.ood_score > float(loaded.ood_threshold)
+    assert prediction.ood_score is not None and prediction.ood_score > float(loaded.ood.threshold)
     assert prediction.out_of_distribution and prediction.status == "uncertain"
 
 
@@ -214,10 +247,10 @@ def test_tta_averages_the_eight_views(tiny_model):
 
 
 def test_risk_coverage_and_reliability():
-    curve = trust.risk_coverage(np.array([0.2, 0.9, 0.6]), np.array([0, 1, 1]))
+    curve = risk_coverage(np.array([0.2, 0.9, 0.6]), np.array([0, 1, 1]))
     assert curve["coverage"] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert curve["accuracy"] == pytest.approx([1.0, 1.0, 2 / 3])
-    table = trust.reliability(np.array([0.05, 0.1, 0.95]), np.array([0, 1, 1]), n_bins=10)
+    table = reliability(np.array([0.05, 0.1, 0.95]), np.array([0, 1, 1]), n_bins=10)
     assert table["count"] == [1, 1, 1] and table["accuracy"] == [0.0, 1.0, 1.0]
 
 
@@ -246,11 +279,11 @@ def test_evaluate_ood_and_classify_tta_from_the_cli(model, folders, tmp_path):
     features, _, _ = extract_features(model, paths, cache_dir=tmp_path / "cache")
     tax = model.taxonomy
     subtypes = torch.tensor([tax.subtype_index(p.parent.name) for p in paths])
-    labelled = FeatureSet(features, model._subtype_organ[subtypes], subtypes, [str(p) for p in paths], ("identity",))
+    labelled = FeatureSet(features, model.subtype_organ[subtypes], subtypes, [str(p) for p in paths], ("identity",))
     model.set_available_organs(["all", "brain"])
-    trust.fit_ood(model, labelled)
+    fit_ood(model, labelled)
     checkpoint = tmp_path / "m.safetensors"
-    model.save(checkpoint)
+    multihead.save(model, checkpoint)
     result = runner.invoke(app, ["evaluate", str(checkpoint), str(data), "--report", str(tmp_path / "report"),
                                  "--ood", str(unknown), "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
@@ -261,34 +294,34 @@ def test_evaluate_ood_and_classify_tta_from_the_cli(model, folders, tmp_path):
                                      "--json"])
     assert classified.exit_code == 0, classified.output
     record = json.loads(classified.output.strip().splitlines()[-1])
-    assert record["status"] in trust.STATUSES and record["ood_score"] is not None
+    assert record["status"] in {s.value for s in Status} and record["ood_score"] is not None
 
 
 def test_evaluate_ood_needs_a_fitted_model(tiny_model, folders, tmp_path):
     data, unknown = folders
     checkpoint = tmp_path / "plain.safetensors"
-    tiny_model.save(checkpoint)
+    multihead.save(tiny_model, checkpoint)
     result = runner.invoke(app, ["evaluate", str(checkpoint), str(data), "--report", str(tmp_path / "r"),
                                  "--ood", str(unknown), "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 1 and "no fitted out-of-distribution score" in result.output
 
 
 def test_training_fits_trust(folders, tmp_path):
-    from multihead.runs import train_from_folder
     from multihead.training import TrainConfig
+    from multihead.training.pipeline import train_from_folder
 
     data, _ = folders
     result = train_from_folder(data, trunk_weights=None, cache_dir=tmp_path / "cache",
                                config=TrainConfig(epochs=1, image_size=64, views="identity"))
     fitted = result.model.metadata["trust"]
-    assert result.model.ood_fitted and fitted["ood"]["threshold"] == pytest.approx(float(result.model.ood_threshold))
+    assert result.model.ood.fitted and fitted["ood"]["threshold"] == pytest.approx(float(result.model.ood.threshold))
 
 
 def test_trust_figures_draw_from_numbers():
-    from multihead.trust_reports import plot_ood_scores, plot_reliability_diagram, plot_risk_coverage
+    from multihead.evaluation.trust_plots import plot_ood_scores, plot_reliability_diagram, plot_risk_coverage
 
-    table = trust.reliability(np.array([0.3, 0.8, 0.9]), np.array([0, 1, 1]))
-    curve = trust.risk_coverage(np.array([0.3, 0.8, 0.9]), np.array([0, 1, 1]))
+    table = reliability(np.array([0.3, 0.8, 0.9]), np.array([0, 1, 1]))
+    curve = risk_coverage(np.array([0.3, 0.8, 0.9]), np.array([0, 1, 1]))
     assert plot_reliability_diagram({"after": table}).get_title() == "reliability"
     ax = plot_risk_coverage({"joint": curve}, target=0.99, points={"chosen": (0.66, 1.0)})
     assert len(ax.lines) == 3

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import multihead
-from multihead.data import scan_dataset
-from multihead.features import VIEWS
-from multihead.runs import dataset_features
-from multihead.splits import Split
+from multihead.data import VIEWS, scan_dataset
+from multihead.data.splits import Split
+from multihead.features import dataset_features
 
 torch.set_num_threads(1)
 size = int(sys.argv[1])

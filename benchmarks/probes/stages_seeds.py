@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 import multihead
-from multihead.data import scan_dataset
-from multihead.features import VIEWS
-from multihead.runs import dataset_features
-from multihead.splits import Split
+from multihead.data import VIEWS, scan_dataset
+from multihead.data.splits import Split
+from multihead.features import dataset_features
 from multihead.training import PRESETS, fit_heads
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import multihead
-from multihead.data import scan_dataset
+from multihead.data import VIEWS, scan_dataset
+from multihead.data.splits import Split
 from multihead.evaluation import evaluate_folder
-from multihead.features import VIEWS
+from multihead.evaluation.trust import ood_report, selective_report
+from multihead.features import dataset_features
 from multihead.inference import default_model_path
-from multihead.runs import dataset_features
-from multihead.splits import Split
-from multihead.trust import ood_report, selective_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +46,8 @@ def main() -> None:
     result = {
         "model": args.model.name,
         "date": time.strftime("%Y-%m-%d"),
-        "thresholds": {"router": float(model.router_threshold), "subtype": float(model.subtype_threshold),
-                       "ood": float(model.ood_threshold)},
+        "thresholds": {"router": float(model.thresholds.router), "subtype": float(model.thresholds.subtype),
+                       "ood": float(model.ood.threshold)},
         "test_accuracy": test["overall"]["accuracy"],
         "router_accuracy": test["router"]["accuracy"],
         "ece_after_scaling": test["overall"]["ece"],

@@ -3,10 +3,10 @@ import json
 import torch
 
 torch.set_num_threads(1)
-from multihead.reports import _pyplot
-from multihead.trust_reports import plot_ood_scores, plot_reliability_diagram, plot_risk_coverage
+from multihead.evaluation.plots import pyplot
+from multihead.evaluation.trust_plots import plot_ood_scores, plot_reliability_diagram, plot_risk_coverage
 
-plt = _pyplot()
+plt = pyplot()
 r = json.load(open("/tmp/trust/measure-448.json"))
 ax = plot_reliability_diagram(
     {

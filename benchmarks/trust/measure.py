@@ -7,13 +7,13 @@ import torch
 torch.set_num_threads(1)
 from pathlib import Path
 
-from multihead import trust
-from multihead.checkpoint import load
-from multihead.data import scan_dataset
+from multihead.data import VIEWS, scan_dataset
+from multihead.data.splits import Split
 from multihead.evaluation import expected_calibration_error
-from multihead.features import VIEWS, extract_features
-from multihead.runs import dataset_features
-from multihead.splits import Split
+from multihead.evaluation.trust import ood_metrics, reliability, risk_coverage, selective_report, selective_scores
+from multihead.features import dataset_features, extract_features
+from multihead.model.checkpoint import load
+from multihead.training.posthoc import fit_ood
 
 ROOT = "../shared/data/multi-cancer-sample"
 m = load(f"/tmp/trust/mobilenet_v2-{sys.argv[1]}.safetensors")
@@ -28,9 +28,9 @@ res = {}
 
 
 def conf_correct(model, data):
-    s = trust._scores(model, data.features[:, 0])
+    s = selective_scores(model, data.features[:, 0])
     correct = (s["subtype"] == data.subtypes).numpy()
-    organ_ok = (s["organ"] == model._subtype_organ[data.subtypes]).numpy()
+    organ_ok = (s["organ"] == model.subtype_organ[data.subtypes]).numpy()
     return s, correct, organ_ok
 
 
@@ -39,21 +39,21 @@ joint_top = s["joint"].gather(1, s["subtype"][:, None]).squeeze(1).numpy()
 res["ece_after"] = expected_calibration_error(joint_top, correct)
 res["ece_router_after"] = expected_calibration_error(s["organ_prob"].numpy(), organ_ok)
 res["ece_subtype_given_organ_after"] = expected_calibration_error(s["subtype_conf"].numpy(), correct)
-res["reliability_after"] = trust.reliability(joint_top, correct)
-scale = m.logit_scale.clone()
-m.logit_scale.fill_(1.0)
+res["reliability_after"] = reliability(joint_top, correct)
+scale = m.temperature.logit_scale.clone()
+m.temperature.logit_scale.fill_(1.0)
 s0, c0, o0 = conf_correct(m, test)
 jt0 = s0["joint"].gather(1, s0["subtype"][:, None]).squeeze(1).numpy()
 res["ece_before"] = expected_calibration_error(jt0, c0)
-res["reliability_before"] = trust.reliability(jt0, c0)
-m.logit_scale.copy_(scale)
+res["reliability_before"] = reliability(jt0, c0)
+m.temperature.logit_scale.copy_(scale)
 res["test_accuracy"] = float(correct.mean())
 res["test_router_accuracy"] = float(organ_ok.mean())
-res["selective_test"] = trust.selective_report(m, test)
-res["selective_val"] = trust.selective_report(m, sets["val"])
-res["thresholds"] = {"router": float(m.router_threshold), "subtype": float(m.subtype_threshold)}
-res["risk_coverage_subtype_conf"] = trust.risk_coverage(s["subtype_conf"].numpy(), correct)
-res["risk_coverage_joint"] = trust.risk_coverage(joint_top, correct)
+res["selective_test"] = selective_report(m, test)
+res["selective_val"] = selective_report(m, sets["val"])
+res["thresholds"] = {"router": float(m.thresholds.router), "subtype": float(m.thresholds.subtype)}
+res["risk_coverage_subtype_conf"] = risk_coverage(s["subtype_conf"].numpy(), correct)
+res["risk_coverage_joint"] = risk_coverage(joint_top, correct)
 for name in ("joint", "subtype_conf"):
     rc = res[f"risk_coverage_{name}"]
     acc = np.array(rc["accuracy"])
@@ -96,9 +96,9 @@ methods = {}
 F = m.num_features
 for k in (16, 32, 64, 128, 256):
     mk = load(f"/tmp/trust/mobilenet_v2-{sys.argv[1]}.safetensors")
-    mk.ood_projection = torch.zeros(F, k)
-    mk.ood_class_means = torch.zeros(mk.taxonomy.num_organs, k)
-    trust.fit_ood(mk, sets["train"], sets["val"])
+    mk.ood.projection = torch.zeros(F, k)
+    mk.ood.class_means = torch.zeros(mk.taxonomy.num_organs, k)
+    fit_ood(mk, sets["train"], sets["val"])
     methods[f"mahalanobis_pca{k}"] = scores_maha(mk)
 methods["energy_router"] = energy(m)
 methods["max_joint_prob"] = msp(m)
@@ -107,13 +107,13 @@ for name, fn in methods.items():
     ins = fn(test_f)
     row = {}
     for group, (x, _) in ood.items():
-        row[group] = trust.ood_metrics(ins, fn(x))
-    row["photos+synthetic"] = trust.ood_metrics(ins, np.r_[fn(ood["photos"][0]), fn(ood["synthetic"][0])])
+        row[group] = ood_metrics(ins, fn(x))
+    row["photos+synthetic"] = ood_metrics(ins, np.r_[fn(ood["photos"][0]), fn(ood["synthetic"][0])])
     table[name] = row
     print(name, {g: (round(v["auroc"], 4), round(v["fpr_at_95_tpr"], 3)) for g, v in row.items()})
 res["ood_methods"] = table
 # at the model's stored threshold
-thr = float(m.ood_threshold)
+thr = float(m.ood.threshold)
 fn = methods["mahalanobis_pca64"]
 res["ood_stored"] = {
     "threshold": thr,

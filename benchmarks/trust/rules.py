@@ -4,12 +4,12 @@ import torch
 torch.set_num_threads(1)
 from scipy.stats import beta
 
-from multihead import trust
-from multihead.checkpoint import load
-from multihead.data import scan_dataset
-from multihead.features import VIEWS
-from multihead.runs import dataset_features
-from multihead.splits import Split
+from multihead.data import VIEWS, scan_dataset
+from multihead.data.splits import Split
+from multihead.evaluation.trust import selective_scores
+from multihead.features import dataset_features
+from multihead.model.checkpoint import load
+from multihead.model.thresholds import largest_safe_threshold
 
 m = load("/tmp/trust/mobilenet_v2-448.safetensors")
 split = Split.load("/tmp/acc/split.json")
@@ -20,7 +20,7 @@ sets = {
 
 
 def sc(d):
-    s = trust._scores(m, d.features[:, 0])
+    s = selective_scores(m, d.features[:, 0])
     return s["subtype_conf"].numpy(), (s["subtype"] == d.subtypes).numpy()
 
 
@@ -38,7 +38,7 @@ hits = vok[order].astype(float)
 n = np.arange(1, len(hits) + 1)
 errs = n - np.cumsum(hits)
 for target in (0.99, 0.995, 0.997):
-    t = trust._largest_safe_threshold(vc, vok, target, None)
+    t = largest_safe_threshold(vc, vok, target, None)
     print("empirical", target, round(t, 4), "val", at(t, vc, vok), "test", at(t, tc, tok))
 for conf in (0.8, 0.9, 0.95):
     lb = beta.ppf(1 - conf, n - errs, errs + 1)  # one-sided Clopper-Pearson lower bound

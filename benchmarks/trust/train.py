@@ -4,10 +4,12 @@ import time
 
 import torch
 
+import multihead
+
 torch.set_num_threads(2)
-from multihead.runs import train_from_folder
-from multihead.splits import Split
+from multihead.data.splits import Split
 from multihead.training import PRESETS
+from multihead.training.pipeline import train_from_folder
 
 t = time.time()
 r = train_from_folder(
@@ -19,6 +21,6 @@ r = train_from_folder(
     cache_dir="/work/mhcache",
     on_stage=print,
 )
-r.model.save(f"/tmp/trust/mobilenet_v2-{sys.argv[1]}.safetensors")
+multihead.save(r.model, f"/tmp/trust/mobilenet_v2-{sys.argv[1]}.safetensors")
 print(json.dumps(r.model.metadata["trust"], indent=1))
 print(time.time() - t)

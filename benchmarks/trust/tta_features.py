@@ -3,11 +3,10 @@ import time
 import torch
 
 torch.set_num_threads(2)
-from multihead.checkpoint import load
-from multihead.data import scan_dataset
-from multihead.features import VIEWS
-from multihead.runs import dataset_features
-from multihead.splits import Split
+from multihead.data import VIEWS, scan_dataset
+from multihead.data.splits import Split
+from multihead.features import dataset_features
+from multihead.model.checkpoint import load
 
 m = load("/tmp/trust/mobilenet_v2-trust.safetensors")
 split = Split.load("/tmp/acc/split.json")

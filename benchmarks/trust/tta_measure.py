@@ -4,10 +4,11 @@ import time
 import numpy as np
 import torch
 
-from multihead import trust
-from multihead.checkpoint import load
 from multihead.evaluation import expected_calibration_error
+from multihead.evaluation.trust import risk_coverage
 from multihead.inference import classify
+from multihead.model.checkpoint import load
+from multihead.model.decision import decide, subtype_confidence
 
 m = load("/tmp/trust/mobilenet_v2-448.safetensors")
 d = torch.load("/tmp/trust/test_dihedral.pt")
@@ -16,13 +17,13 @@ with torch.no_grad():
     joints = torch.stack([m.forward_heads(f[:, v]).joint_probs.double() for v in range(8)])
 res = {}
 for name, joint in (("identity", joints[0]), ("tta", joints.mean(0))):
-    organ, sub = trust.decide_joint(m, joint)
-    op, sc = trust.subtype_confidence(m, joint, organ, sub)
+    organ, sub = decide(joint, m.subtype_organ)
+    op, sc = subtype_confidence(joint, m.subtype_organ, organ, sub)
     ok = (sub == subtypes).numpy()
-    ook = (organ == m._subtype_organ[subtypes]).numpy()
-    st = np.array(trust.statuses(m, op, sc))
+    ook = (organ == m.subtype_organ[subtypes]).numpy()
+    st = np.array([str(x) for x in m.thresholds.status(op, sc)])
     kept = st == "organ_and_subtype"
-    rc = trust.risk_coverage(sc.numpy(), ok)
+    rc = risk_coverage(sc.numpy(), ok)
     acc = np.array(rc["accuracy"])
     good = np.flatnonzero(acc >= 0.99)
     res[name] = {

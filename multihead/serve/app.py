@@ -26,19 +26,15 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from .. import __version__
-from ..card import model_card_data
-from ..explain import Explanation, explain, plot_explanation
-from ..images import ImageError, decode_image
-from ..inference import (
-    MODEL_ENV,
-    FileResult,
-    InferenceConfig,
-    Prediction,
-    default_model_path,
-    predict_batch,
-    resolve_model,
-)
-from ..model import MultiHeadModel
+from ..data.images import ImageError, decode_image
+from ..evaluation.plots import plot_explanation, pyplot
+from ..inference.config import InferenceConfig
+from ..inference.explain import Explanation, explain
+from ..inference.models import resolve_model
+from ..inference.predict import FileResult, Prediction, predict_batch
+from ..model.card import model_card_data
+from ..model.heads import MultiHeadModel
+from ..model.locate import locate_model
 from .batching import BATCH_CANDIDATES, MicroBatcher, QueueFullError, fastest_batch_size
 from .render import overlay, png_data_url
 from .schemas import ClassifyResponse, ErrorResponse, ExplainResponse, Health
@@ -161,10 +157,8 @@ class _Service:
 
     def __init__(self, model: MultiHeadModel | str | os.PathLike | None, device: str | torch.device,
                  settings: ServeSettings, inference: InferenceConfig) -> None:
-        path = None  # the file's name is shown on the page; resolve_model's own lookup, made visible
-        if not isinstance(model, MultiHeadModel):
-            path = model or os.environ.get(MODEL_ENV) or default_model_path()
-        self.model = resolve_model(model if path is None else path).to(device).eval()
+        path = None if isinstance(model, MultiHeadModel) else locate_model(model)  # its name is shown on the page
+        self.model = resolve_model(model if path is None else path, device=device).eval()
         self.model_file = Path(path).name if path is not None else None
         self.settings = settings
         self.card = {"file": self.model_file, **model_card_data(self.model)}
@@ -260,12 +254,10 @@ def _gradcam_images(explanation: Explanation) -> dict[str, str]:
 
 
 def _figure_png(image: Image.Image, model: MultiHeadModel) -> bytes:
-    from ..reports import _pyplot
-
     figure = plot_explanation(explain(image, model))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
 
 

@@ -14,7 +14,7 @@ __all__ = ["overlay", "png_data_url"]
 def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
     """``HxWx3`` uint8 image and ``HxW`` map in [0, 1] -> the map in colour over the image, ``HxWx3`` uint8.
 
-    The same look as :func:`multihead.explain.plot_explanation` (``jet`` at ``alpha`` 0.45), without a figure.
+    The same look as :func:`multihead.evaluation.plots.plot_explanation` (``jet`` at ``alpha`` 0.45), without a figure.
 
     Example:
         >>> overlay(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.float32)).shape

@@ -6,9 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import multihead
-from multihead.data import scan_dataset
-from multihead.features import VIEWS, apply_view
-from multihead.splits import Split
+from multihead.data import VIEWS, apply_view, scan_dataset
+from multihead.data.splits import Split
 
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 limit = int(sys.argv[1])

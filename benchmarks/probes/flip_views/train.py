@@ -6,11 +6,12 @@ from torch import nn
 
 import multihead
 from multihead.data import scan_dataset
+from multihead.data.preprocessing import Preprocessing
+from multihead.data.splits import Split
+from multihead.evaluation import feature_metrics
 from multihead.features import FeatureSet
-from multihead.preprocessing import Preprocessing
-from multihead.splits import Split
-from multihead.training import TrainConfig, feature_metrics, fit_heads
-from multihead.trunk import Trunk
+from multihead.model.trunk import Trunk
+from multihead.training import TrainConfig, fit_heads
 
 torch.set_num_threads(1)
 parts = [torch.load(p) for p in sys.argv[1].split("+")]

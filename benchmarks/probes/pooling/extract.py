@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import multihead
-from multihead.splits import Split
+from multihead.data.splits import Split
 
 SIZE, OUT = int(sys.argv[1]), sys.argv[2]
 LIMIT = int(sys.argv[3]) if len(sys.argv) > 3 else None

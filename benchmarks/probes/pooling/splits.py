@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from multihead.data import scan_dataset
-from multihead.splits import make_split
+from multihead.data.splits import make_split
 
 scan = scan_dataset(Path(__file__).resolve().parents[3].parent / "shared" / "data" / "multi-cancer-sample")
 for seed in map(int, sys.argv[2:]):

@@ -19,11 +19,11 @@ from torch import nn
 
 import multihead
 from multihead.data import scan_dataset
+from multihead.data.preprocessing import Preprocessing
+from multihead.data.splits import Split
 from multihead.features import FeatureSet
-from multihead.preprocessing import Preprocessing
-from multihead.splits import Split
+from multihead.model.trunk import Trunk
 from multihead.training import PRESETS, fit_heads
-from multihead.trunk import Trunk
 
 ORGANS = ("all", "brain", "lung_colon", "lymphoma")
 SEEDS = range(int(os.environ.get("SEEDS", "5")))

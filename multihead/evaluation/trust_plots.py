@@ -1,20 +1,20 @@
-"""Figures for trust, from numbers :mod:`multihead.trust` computed: ``plot_*(..., ax=None)`` only draws."""
+"""Figures for trust, from numbers :mod:`multihead.evaluation.trust` computed: ``plot_*(..., ax=None)`` only draws."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .reports import _pyplot
+from .plots import pyplot
 
 __all__ = ["plot_ood_scores", "plot_reliability_diagram", "plot_risk_coverage"]
 
 
 def plot_reliability_diagram(tables: Mapping[str, Mapping[str, Sequence[float]]], *, ax: Any = None,
                              title: str = "reliability") -> Any:
-    """Accuracy against mean confidence per bin (from :func:`multihead.trust.reliability`), one line per
+    """Accuracy against mean confidence per bin (from :func:`multihead.evaluation.trust.reliability`), one line per
     table (e.g. before and after temperature scaling); the diagonal is perfect calibration."""
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(4.8, 4.6))
     ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="perfectly calibrated")
@@ -33,8 +33,8 @@ def plot_risk_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]], *, a
                        target: float | None = None, points: Mapping[str, tuple[float, float]] | None = None,
                        title: str = "accuracy of the kept answers") -> Any:
     """Accuracy of the most confident answers against the share kept (from
-    :func:`multihead.trust.risk_coverage`); ``points`` marks operating points as (coverage, accuracy)."""
-    plt = _pyplot()
+    :func:`multihead.evaluation.trust.risk_coverage`); ``points`` marks operating points as (coverage, accuracy)."""
+    plt = pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(5.4, 4.2))
     for name, curve in curves.items():
@@ -54,7 +54,7 @@ def plot_ood_scores(scores: Mapping[str, Sequence[float]], *, threshold: float |
     """Histograms of the OOD score per group of images (log scale), with the model's threshold."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
     values = [np.asarray(v, dtype=float) for v in scores.values()]

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from .model import MultiHeadModel
+from .checkpoint import read_header
+from .heads import MultiHeadModel
 
 __all__ = ["model_card_data"]
 
@@ -38,8 +39,6 @@ def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLik
         ('mobilenet_v2', 0.9362279511533242)
     """
     if isinstance(model, (str, os.PathLike)):
-        from .checkpoint import read_header
-
         model = read_header(model)
     if isinstance(model, MultiHeadModel):
         taxonomy, trunk, preprocessing = model.taxonomy, model.trunk.spec(), model.preprocessing

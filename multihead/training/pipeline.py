@@ -12,21 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from ..data.scan import DatasetScan, scan_dataset
+from ..data.splits import Split, make_split
+from ..data.views import VIEWS
+from ..evaluation.metrics import feature_metrics
+from ..features.dataset import FeatureSet, dataset_features
+from ..model.heads import MultiHeadModel, create_model
+from ..model.trunk import TrunkWeights
+from ..taxonomy import Taxonomy
+from .config import TrainConfig
+from .heads import fit_heads
+from .posthoc import fit_temperatures, fit_trust
 
-from .augment import augmented_features
-from .calibration import fit_temperatures
-from .data import DatasetScan, scan_dataset
-from .features import VIEWS, FeatureSet, extract_features
-from .inference import InferenceConfig
-from .model import MultiHeadModel, create_model
-from .splits import Split, make_split
-from .taxonomy import Taxonomy
-from .training import TrainConfig, feature_metrics, fit_heads
-from .trunk import TrunkWeights
-from .trust import fit_trust
-
-__all__ = ["TrainResult", "dataset_features", "train_from_folder"]
+__all__ = ["TrainResult", "save_split_next_to", "train_from_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +40,6 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def dataset_features(model: MultiHeadModel, scan: DatasetScan, relpaths: list[str], *, views: tuple[str, ...],
-                     cache_dir: str | os.PathLike | None, config: InferenceConfig | None = None,
-                     progress: Callable[[int, int], None] | None = None,
-                     augmented_views: int = 0, seed: int = 0) -> tuple[FeatureSet, list[tuple[str, str]]]:
-    """Labelled features for ``relpaths`` of a scanned dataset, and the files that failed.
-
-    Cached dihedral ``views`` by default; with ``augmented_views > 0``, that many freshly augmented views
-    per image instead (the online mode, see :mod:`multihead.augment`).
-    """
-    by_path = {r.relpath: r for r in scan.records}
-    missing = [p for p in relpaths if p not in by_path]
-    if missing:
-        raise ValueError(f"{len(missing)} files of the split are not in {scan.root} (first: {missing[0]}); "
-                         "was the split made for another folder?")
-    records = [by_path[p] for p in relpaths]
-    paths = [r.path for r in records]
-    if augmented_views:
-        features, ok, failures = augmented_features(model, paths, n_views=augmented_views, seed=seed, config=config,
-                                                    progress=progress)
-        views = tuple(f"augmented{i}" for i in range(augmented_views))
-    else:
-        features, ok, failures = extract_features(model, paths, views=views, cache_dir=cache_dir, config=config,
-                                                  progress=progress)
-    tax = model.taxonomy
-    kept = [records[i] for i in ok]
-    data = FeatureSet(
-        features,
-        torch.tensor([tax.organ_index(r.organ) for r in kept], dtype=torch.long),
-        torch.tensor([tax.subtype_index(r.subtype) for r in kept], dtype=torch.long),
-        [r.relpath for r in kept],
-        views,
-    )
-    return data, [(records[i].relpath, reason) for i, reason in failures]
-
-
 def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None = None,
                       trunk: str = "resnet18", trunk_weights: TrunkWeights = "imagenet",
                       taxonomy: Taxonomy | str | None = None, split: str | os.PathLike | Split | None = None,
@@ -87,7 +50,7 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     """Train a model on ``<data_dir>/<organ>/<subtype>/<image>``.
 
     Args:
-        config: training settings (see :data:`multihead.training.PRESETS`).
+        config: training settings (see :data:`multihead.training.config.PRESETS`).
         split: a split file or :class:`Split` to reuse; default: a new leak-free split seeded by ``config.seed``.
         cache_dir: where trunk features are cached (default ``$MULTIHEAD_CACHE`` or ``~/.cache/multihead``).
         on_stage: called with a line of text at each stage (scan, split, calibration).

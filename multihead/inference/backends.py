@@ -1,7 +1,7 @@
 """Run the trunk on ONNX Runtime or OpenVINO instead of PyTorch: the same features, the same Predictions.
 
-Only the trunk moves. :func:`multihead.inference.run_features` hands the uint8 batch to a :class:`Runtime`,
-which runs the exported graph (:mod:`multihead.export`) and returns its ``features``; the heads, the joint
+Only the trunk moves. :func:`multihead.inference.engine.run_features` hands the uint8 batch to a :class:`Runtime`,
+which runs the exported graph (:mod:`multihead.inference.export`) and returns its ``features``; the heads, the joint
 probabilities, the trust rules, test-time augmentation and the out-of-distribution score stay in PyTorch
 float32, so every backend goes through the same code after the trunk.
 
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..model.heads import MultiHeadModel
 from .export import OUTPUTS, check_onnx, export_onnx, require
-from .model import MultiHeadModel
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "installed_backends", "open_runtime",
            "resolve_backend", "runtime_for"]
@@ -139,7 +139,7 @@ def open_runtime(model: MultiHeadModel, backend: str, *, precision: str = "fp32"
     Args:
         backend: ``"onnxruntime"`` or ``"openvino"``.
         precision: ``"fp32"``, or ``"bf16"`` on OpenVINO (its ``INFERENCE_PRECISION_HINT``).
-        onnx_file: a file from :func:`multihead.export.export_onnx`, checked against ``model`` first; default:
+        onnx_file: a file from :func:`multihead.inference.export.export_onnx`, checked against ``model`` first; default:
             export ``model`` to a temporary file.
         threads: the runtime's CPU threads (default: ``torch.get_num_threads()``).
 

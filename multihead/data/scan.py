@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS
-from .taxonomy import Organ, Subtype, Taxonomy
+from ..taxonomy import MULTI_CANCER, Organ, Subtype, Taxonomy
+from .folders import is_image_file, visible_files
 
 __all__ = ["DatasetScan", "ImageRecord", "scan_dataset"]
 
@@ -73,8 +73,6 @@ def scan_dataset(root: str | os.PathLike, taxonomy: Taxonomy | str | None = None
         >>> scan.counts["lung_aca"], scan.empty_organs
         (400, ['cervix'])
     """
-    from .taxonomy import MULTI_CANCER
-
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: data folder does not exist or is not a folder")
@@ -108,17 +106,14 @@ def scan_dataset(root: str | os.PathLike, taxonomy: Taxonomy | str | None = None
     records: list[ImageRecord] = []
     for _, subtype_dir, folder in folders:
         organ = taxonomy.organ_of(subtype_dir)
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = _visible(dirnames)
-            for name in _visible(filenames):
-                path = Path(dirpath) / name
-                relpath = path.relative_to(root).as_posix()
-                if Path(dirpath) != folder:
-                    skipped.append((relpath, "file below the subtype level"))
-                elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append((relpath, f"not an image extension ({path.suffix or 'none'})"))
-                else:
-                    records.append(ImageRecord(path, relpath, organ, subtype_dir))
+        for path in visible_files(folder):
+            relpath = path.relative_to(root).as_posix()
+            if path.parent != folder:
+                skipped.append((relpath, "file below the subtype level"))
+            elif not is_image_file(path):
+                skipped.append((relpath, f"not an image extension ({path.suffix or 'none'})"))
+            else:
+                records.append(ImageRecord(path, relpath, organ, subtype_dir))
     if not records:
         raise ValueError(f"{root}: no images found (expected <organ>/<subtype>/<image> files)")
     return DatasetScan(root, taxonomy, records, skipped)

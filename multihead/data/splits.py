@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_write_text
-from .data import DatasetScan
+from .._io import atomic_write_text
 from .images import ImageError, read_image
+from .scan import DatasetScan
 
 __all__ = ["SPLITS", "Split", "dihedral_hashes", "group_near_duplicates", "make_split"]
 

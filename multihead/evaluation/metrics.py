@@ -1,31 +1,28 @@
 """The paper's metrics, computed with scikit-learn, kept apart for the router, each organ and end to end.
 
-Everything here takes labels and probabilities and returns plain dicts (JSON-ready, fractions in [0, 1]);
-drawing lives in :mod:`multihead.reports`.
+Everything here takes labels and probabilities (or a model and features) and returns plain dicts
+(JSON-ready, fractions in [0, 1]); drawing lives in :mod:`multihead.evaluation.plots`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from .data import scan_dataset
-from .features import VIEWS
-from .model import MultiHeadModel
-from .runs import dataset_features
-from .splits import Split
-from .taxonomy import Taxonomy
+from ..features.dataset import FeatureSet
+from ..model.decision import best_subtype
+from ..model.heads import MultiHeadModel
+from ..taxonomy import Taxonomy
 
 __all__ = [
     "PAPER_TEST_ACCURACY",
     "EvaluationData",
     "bootstrap_interval",
-    "evaluate_folder",
     "expected_calibration_error",
+    "feature_metrics",
     "metrics_report",
     "predict_features",
 ]
@@ -56,9 +53,7 @@ def predict_features(model: MultiHeadModel, features: torch.Tensor, subtypes: to
     with torch.no_grad():
         out = model.forward_heads(features.to(model.device))
         organs, chosen = model.decide(out)
-        true_organs = model._subtype_organ[subtypes.to(model.device)]
-        in_true = model._subtype_organ.unsqueeze(0) == true_organs.unsqueeze(1)
-        given = out.joint_log_probs.masked_fill(~in_true, float("-inf")).argmax(1)
+        given = best_subtype(out.joint_log_probs, model.subtype_organ[subtypes.to(model.device)], model.subtype_organ)
     return EvaluationData(subtypes.numpy(), out.joint_probs.double().cpu().numpy(), organs.cpu().numpy(),
                           chosen.cpu().numpy(), given.cpu().numpy(), list(relpaths))
 
@@ -157,22 +152,20 @@ def metrics_report(taxonomy: Taxonomy, data: EvaluationData, *, n_resamples: int
     return report
 
 
-def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike, *, split: Split | None = None,
-                    subset: str = "test", cache_dir: str | os.PathLike | None = None,
-                    n_resamples: int = 1000) -> tuple[dict[str, object], list[tuple[str, str]]]:
-    """Evaluate ``model`` on every image under ``data_dir``, or on one subset of a split of it.
-
-    Returns the metrics report and the files that could not be read ``(relpath, reason)``.
-    """
-    scan = scan_dataset(data_dir, model.taxonomy)
-    relpaths = [r.relpath for r in scan.records] if split is None else split.files(subset)
-    if not relpaths:
-        raise ValueError(f"no images to evaluate in {data_dir}" + (f" (subset {subset!r})" if split else ""))
-    data, failures = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir)
+def feature_metrics(model: MultiHeadModel, data: FeatureSet) -> dict[str, float]:
+    """Loss (joint NLL) and accuracies on the identity view of labelled features: what training reports and
+    selects epochs by. ``accuracy`` is end to end; ``accuracy_given_organ`` takes the true organ's head."""
     if len(data) == 0:
-        raise ValueError(f"none of the {len(relpaths)} images in {data_dir} could be read")
-    evaluation = predict_features(model, data.features[:, 0], data.subtypes, data.relpaths)
-    report = metrics_report(model.taxonomy, evaluation, n_resamples=n_resamples)
-    report["skipped"] = [{"file": f, "reason": r} for f, r in failures]
-    report["subset"] = subset if split is not None else "all"
-    return report, failures
+        return {}
+    with torch.no_grad():
+        out = model.forward_heads(data.features[:, 0].to(model.device))
+        organ, subtype = model.decide(out)
+        organs, subtypes = data.organs.to(model.device), data.subtypes.to(model.device)
+        given_organ = best_subtype(out.joint_log_probs, organs, model.subtype_organ)
+        nll = -out.joint_log_probs.gather(1, subtypes[:, None]).clamp_min(-1e4).mean()
+    return {
+        "loss": float(nll),
+        "router_accuracy": float((organ == organs).float().mean()),
+        "accuracy": float((subtype == subtypes).float().mean()),
+        "accuracy_given_organ": float((given_organ == subtypes).float().mean()),
+    }

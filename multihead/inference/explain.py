@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .images import ImageInput, describe_input, is_path
-from .inference import ModelInput, Prediction, predict_batch, resolve_model
-from .model import MultiHeadModel
+from ..data.images import ImageInput, describe_input, is_path
+from ..model.heads import MultiHeadModel
+from .models import ModelInput, shared_model
+from .predict import Prediction, predict_batch
 
-__all__ = ["Explanation", "explain", "find_target_layer", "grad_cam", "plot_explanation"]
+__all__ = ["Explanation", "explain", "find_target_layer", "grad_cam"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def explain(img: ImageInput, model: ModelInput = None) -> Explanation:
         >>> explanation.organ_map.shape, float(explanation.organ_map.max())
         ((224, 224), 1.0)
     """
-    resolved = resolve_model(model)
+    resolved = shared_model(model)
     batch = resolved.preprocessing.load(img).unsqueeze(0)
     prediction = predict_batch(resolved, batch, sources=[describe_input(img) if is_path(img) else None])[0]
     organ = resolved.taxonomy.organ_index(prediction.organ)
@@ -121,27 +122,3 @@ def explain(img: ImageInput, model: ModelInput = None) -> Explanation:
     organ_map, subtype_map, layer = grad_cam(resolved, batch, organ, subtype)
     image = batch[0].permute(1, 2, 0).cpu().numpy()
     return Explanation(image, prediction, organ_map, subtype_map, layer)
-
-
-def plot_explanation(explanation: Explanation, *, fig: Any = None, alpha: float = 0.45) -> Any:
-    """The image, then the organ map and the subtype map laid over it, side by side."""
-    from .reports import _pyplot
-
-    plt = _pyplot()
-    if fig is None:
-        fig = plt.figure(figsize=(12, 4.3))
-    axes = fig.subplots(1, 3)
-    p = explanation.prediction
-    titles = [f"input ({p.status.replace('_', ' ')})",
-              f"organ: {p.organ} (P = {p.organ_probability:.3f})",
-              f"subtype: {p.subtype} (P | organ = {p.subtype_confidence:.3f})"]
-    for ax, heat, title in zip(axes, (None, explanation.organ_map, explanation.subtype_map), titles):
-        ax.imshow(explanation.image)
-        if heat is not None:
-            ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
-        ax.set_title(title, fontsize=10)
-        ax.axis("off")
-    if p.out_of_distribution:
-        fig.suptitle(f"out of distribution (score {p.ood_score:.0f}): unlike every trained organ", color="tab:red")
-    fig.tight_layout()
-    return fig

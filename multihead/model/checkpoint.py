@@ -5,6 +5,10 @@ touched, so an incompatible file fails with one sentence naming the mismatch. A 
 weights (a torchvision weights id) is referenced by id and fingerprint; any other trunk is embedded.
 Writes go to a temporary file in the same folder and are renamed into place, so an interrupted save
 leaves the old file or the new one, never half of one.
+
+Format 2 names the post-hoc buffers after the estimators that own them (``temperature.logit_scale``,
+``thresholds.router``, ``ood.threshold``, ...); format 1 files, which had them flat on the model
+(``logit_scale``, ``router_threshold``, ``ood_threshold``, ...), load with their keys mapped.
 """
 
 from __future__ import annotations
@@ -18,19 +22,48 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ._io import atomic_path
-from .model import MultiHeadModel
-from .preprocessing import Preprocessing
-from .taxonomy import Taxonomy
+from .._io import atomic_path
+from .._precision import STORAGE_DTYPES
+from ..data.preprocessing import Preprocessing
+from ..taxonomy import Taxonomy
+from .heads import MultiHeadModel
 from .trunk import create_trunk, fingerprint_state_dict
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_header", "save"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "head_state", "load", "model_header", "read_header", "save"]
 
 FORMAT = "multihead"
-FORMAT_VERSION = 1
-OPTIONAL_KEYS = frozenset({"ood_organ_scale"})
-"""Tensors added after format version 1 was fixed: a file without them loads with their defaults."""
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FORMAT_VERSION = 2
+FORMAT_1_KEYS = {
+    "logit_scale": "temperature.logit_scale",
+    "router_threshold": "thresholds.router",
+    "subtype_threshold": "thresholds.subtype",
+    "ood_mean": "ood.mean",
+    "ood_projection": "ood.projection",
+    "ood_class_means": "ood.class_means",
+    "ood_organ_scale": "ood.organ_scale",
+    "ood_threshold": "ood.threshold",
+}
+"""Format 1 key -> format 2 key (the buffers moved from the model into the estimators that own them)."""
+OPTIONAL_KEYS = {1: frozenset({"ood_organ_scale"})}
+"""Per format: stored keys added after it was fixed; a file without them loads with their defaults."""
+
+
+def head_state(model: MultiHeadModel) -> dict[str, torch.Tensor]:
+    """Every tensor of the state dict but the trunk's (heads, mask, estimators), detached CPU copies."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+            if not k.startswith("trunk.")}
+
+
+def model_header(model: MultiHeadModel, *, trunk_spec: dict[str, Any] | None = None) -> dict[str, str]:
+    """What a file must say about the model it holds, as strings: taxonomy, trunk, preprocessing, joint rule
+    and the heads' checksum. Checkpoints and exported ONNX graphs both carry it (and check it on reading)."""
+    return {
+        "taxonomy": model.taxonomy.to_json(),
+        "trunk": json.dumps(model.trunk.spec() if trunk_spec is None else trunk_spec, sort_keys=True),
+        "preprocessing": model.preprocessing.to_json(),
+        "joint": model.joint,
+        "heads_sha256": fingerprint_state_dict(head_state(model)),
+    }
 
 
 class CheckpointError(ValueError):
@@ -44,7 +77,10 @@ def _trunk_state_as_stored(model: MultiHeadModel, dtype: torch.dtype) -> dict[st
 
 def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | None = None,
          trunk_dtype: str = "float32") -> None:
-    """Write ``model`` to ``path`` atomically.
+    """Write ``model`` to ``path`` atomically, as one ``.safetensors`` file.
+
+    Example:
+        >>> multihead.save(multihead.create_model(trunk_weights=None), "model.safetensors")  # doctest: +SKIP
 
     Args:
         embed_trunk: store the trunk's weights in the file. Default: only when the trunk has no
@@ -52,27 +88,23 @@ def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | 
         trunk_dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for an embedded trunk (smaller
             files; the stored fingerprint is that of the rounded weights, which loading restores).
     """
-    if trunk_dtype not in _DTYPES:
-        raise ValueError(f"trunk_dtype must be one of {sorted(_DTYPES)}, got {trunk_dtype!r}")
+    if trunk_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"trunk_dtype must be one of {sorted(STORAGE_DTYPES)}, got {trunk_dtype!r}")
+    if not isinstance(model, MultiHeadModel):
+        raise TypeError(f"save writes a MultiHeadModel, got {type(model).__name__}")
     trunk = model.trunk
     embed = trunk.weights_id is None if embed_trunk is None else embed_trunk
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
-               if not k.startswith("trunk.")}
-    heads_sha256 = fingerprint_state_dict(tensors)
+    tensors = head_state(model)
     fingerprint = trunk.fingerprint
     if embed:
-        stored = _trunk_state_as_stored(model, _DTYPES[trunk_dtype])
+        stored = _trunk_state_as_stored(model, STORAGE_DTYPES[trunk_dtype])
         fingerprint = fingerprint_state_dict(_restore_dtypes(stored, model.trunk.network.state_dict()))
         tensors.update({f"trunk.{k}": v for k, v in stored.items()})
     trunk_spec = {**trunk.spec(), "fingerprint": fingerprint, "embedded": embed, "stored_dtype": trunk_dtype}
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "taxonomy": model.taxonomy.to_json(),
-        "trunk": json.dumps(trunk_spec, sort_keys=True),
-        "preprocessing": model.preprocessing.to_json(),
-        "joint": model.joint,
-        "heads_sha256": heads_sha256,
+        **model_header(model, trunk_spec=trunk_spec),
         "metadata": json.dumps(model.metadata, sort_keys=True, default=str),
     }
     _atomic_save(tensors, metadata, Path(path))
@@ -145,7 +177,7 @@ def _check_json_fields(path: Path, header: dict[str, Any]) -> None:
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> MultiHeadModel:
-    """Load a model saved with :meth:`MultiHeadModel.save`, checking everything before trusting it.
+    """Load a model written by :func:`save`, checking everything before trusting it.
 
     Raises:
         CheckpointError: not a multihead file, a newer format, damaged metadata, tensors that do not fit
@@ -161,20 +193,20 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
         model = MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"], joint=header["joint"])
     except ValueError as err:  # an unknown trunk or weights id, an unknown joint rule: named in the metadata
         raise CheckpointError(f"{path}: the model its metadata describes cannot be built ({err})") from None
-    expected = model.state_dict()
-    heads = {k: v for k, v in expected.items() if not k.startswith("trunk.")}
+    stored_name = _stored_names(header["format_version"])
+    heads = {stored_name.get(k, k): v for k, v in model.state_dict().items() if not k.startswith("trunk.")}
     trunk_keys = {f"trunk.{k}": v for k, v in trunk.network.state_dict().items()} if embedded else {}
-    for key in OPTIONAL_KEYS.difference(header["keys"]):  # older files: keep the new tensor's default
-        del heads[key]
+    for key in OPTIONAL_KEYS.get(header["format_version"], frozenset()).difference(header["keys"]):
+        del heads[key]  # older files: keep the new tensor's default
     _check_keys(path, header["keys"], {**heads, **trunk_keys})
     try:
         with safe_open(str(path), framework="pt") as reader:
-            head_state = {k: reader.get_tensor(k) for k in heads}
+            stored_heads = {k: reader.get_tensor(k) for k in heads}
             trunk_state = {k[len("trunk."):]: reader.get_tensor(k).to(v.dtype) for k, v in trunk_keys.items()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: tensors cannot be read, the file may be truncated ({err})") from None
     wrong = [f"{key} has shape {tuple(tensor.shape)}, needs {tuple(heads[key].shape)}"
-             for key, tensor in head_state.items() if tensor.shape != heads[key].shape]
+             for key, tensor in stored_heads.items() if tensor.shape != heads[key].shape]
     if wrong:
         raise CheckpointError(f"{path}: tensors do not fit the taxonomy in its metadata: {'; '.join(wrong[:5])}")
     if embedded:
@@ -187,11 +219,18 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
             f"{path}: trunk {name!r} weights have fingerprint {trunk.fingerprint[:12]}..., the checkpoint was "
             f"trained on {fingerprint[:12]}...; its heads do not fit these trunk weights"
         )
-    if header["heads_sha256"] is not None and fingerprint_state_dict(head_state) != header["heads_sha256"]:
+    if header["heads_sha256"] is not None and fingerprint_state_dict(stored_heads) != header["heads_sha256"]:
         raise CheckpointError(f"{path}: head tensors do not match the checksum in the metadata; the file is damaged")
-    model.load_state_dict(head_state, strict=False)  # the trunk is loaded and verified above
+    current_name = {old: new for new, old in stored_name.items()}
+    model.load_state_dict({current_name.get(k, k): v for k, v in stored_heads.items()},
+                          strict=False)  # the trunk is loaded and verified above
     model.metadata = header["metadata"]
     return model.to(device).eval()
+
+
+def _stored_names(version: int) -> dict[str, str]:
+    """Current key -> the key a file of format ``version`` stores it under."""
+    return {new: old for old, new in FORMAT_1_KEYS.items()} if version == 1 else {}
 
 
 def _check_keys(path: Path, found: list[str], expected: dict[str, torch.Tensor]) -> None:

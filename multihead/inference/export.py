@@ -1,17 +1,18 @@
 """Export a model to ONNX: one self-contained graph, uint8 images in, features, logits and joint log-probabilities out.
 
-The graph does what :func:`multihead.inference.run_batch` does: normalise the uint8 batch, run the trunk, then the
-router and every subtype head as one matmul. It runs without multihead (ONNX Runtime, OpenVINO, any ONNX runtime);
-inside multihead, :mod:`multihead.backends` uses it for the trunk. The checkpoint's taxonomy, preprocessing, trunk
-(weights fingerprint, pooled stages) and heads checksum travel in the file's ``metadata_props``, as strings, so a
-runtime can check the graph belongs to the model before trusting it (:func:`check_onnx`).
+The graph does what :func:`multihead.inference.engine.run_batch` does: normalise the uint8 batch, run the
+trunk, then the router and every subtype head as one matmul. It runs without multihead (ONNX Runtime,
+OpenVINO, any ONNX runtime); inside multihead, :mod:`multihead.inference.backends` uses it for the trunk. The
+checkpoint's header (taxonomy, preprocessing, trunk with its weights fingerprint and pooled stages, heads
+checksum) travels in the file's ``metadata_props``, as strings, so a runtime can check the graph belongs to
+the model before trusting it (:func:`check_onnx`).
 
 Inputs and outputs (the batch axis is dynamic, the image side fixed by the model's preprocessing):
 
 - ``images``: uint8 ``[B, 3, S, S]``, RGB, already resized (:meth:`Preprocessing.load`), not normalised.
 - ``features``: float32 ``[B, F]``, the trunk's pooled features (what the out-of-distribution score reads).
 - ``router_logits`` ``[B, O]``, ``subtype_logits`` ``[B, S]``, ``joint_log_probs`` ``[B, S]``: as in
-  :class:`~multihead.model.HeadOutput`.
+  :class:`~multihead.model.heads.HeadOutput`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_path
-from .model import MultiHeadModel
-from .trunk import fingerprint_state_dict
+from .._io import atomic_path
+from ..model.checkpoint import model_header
+from ..model.heads import MultiHeadModel
 
 __all__ = ["DEFAULT_OPSET", "ONNX_FORMAT", "OUTPUTS", "MissingDependencyError", "check_onnx", "export_onnx",
            "read_onnx_header", "require"]
@@ -73,22 +74,11 @@ class _Graph(nn.Module):
         return features, output.router_logits, output.subtype_logits, output.joint_log_probs
 
 
-def _heads_sha256(model: MultiHeadModel) -> str:
-    """The checksum :func:`multihead.checkpoint.save` writes: every tensor of the state dict but the trunk's."""
-    return fingerprint_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("trunk.")})
-
-
 def _metadata(model: MultiHeadModel) -> dict[str, str]:
-    return {
-        "multihead.format": ONNX_FORMAT,
-        "multihead.format_version": str(ONNX_FORMAT_VERSION),
-        "multihead.taxonomy": model.taxonomy.to_json(),
-        "multihead.preprocessing": model.preprocessing.to_json(),
-        "multihead.trunk": json.dumps(model.trunk.spec(), sort_keys=True),
-        "multihead.joint": model.joint,
-        "multihead.heads_sha256": _heads_sha256(model),
-        "multihead.outputs": json.dumps(OUTPUTS),
-    }
+    """The checkpoint's header (:func:`~multihead.model.checkpoint.model_header`) under ``multihead.`` keys."""
+    fields = {"format": ONNX_FORMAT, "format_version": str(ONNX_FORMAT_VERSION), **model_header(model),
+              "outputs": json.dumps(OUTPUTS)}
+    return {f"multihead.{key}": value for key, value in fields.items()}
 
 
 def export_onnx(model: MultiHeadModel, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> Path:

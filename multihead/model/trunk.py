@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .preprocessing import Preprocessing
+from ..data.preprocessing import Preprocessing
 
 __all__ = ["AUTO_STAGES", "Trunk", "TrunkWeights", "WeightsUnavailableError", "create_trunk",
            "fingerprint_state_dict"]

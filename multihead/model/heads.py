@@ -2,12 +2,13 @@
 
 All heads run as one matrix product over the pooled features. The joint distribution
 P(organ, subtype) = P(organ) * P(subtype | organ) is computed in log space and sums to one; a prediction
-takes the router's organ and that organ's best subtype, so organ and subtype can never disagree.
+takes the router's organ and that organ's best subtype (:mod:`multihead.model.decision`), so organ and
+subtype can never disagree. The post-hoc estimators fitted after training (temperatures, abstention
+thresholds, the out-of-distribution score) are submodules, so their buffers travel in checkpoints.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,15 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .preprocessing import Preprocessing
-from .taxonomy import MULTI_CANCER, Taxonomy
+from ..data.preprocessing import Preprocessing
+from ..taxonomy import MULTI_CANCER, Taxonomy
+from .decision import decide
+from .ood import MahalanobisOOD
+from .temperature import TemperatureScaling
+from .thresholds import AbstentionThresholds
 from .trunk import Trunk, TrunkWeights, create_trunk
 
-__all__ = ["JOINT_MODES", "OOD_COMPONENTS", "HeadOutput", "MultiHeadModel", "create_model"]
+__all__ = ["JOINT_MODES", "HeadOutput", "MultiHeadModel", "create_model"]
 
 JOINT_MODES = ("hierarchical", "flat")
-OOD_COMPONENTS = 64
-"""Principal components kept for the out-of-distribution score (a fixed size keeps checkpoint keys fixed)."""
 
 
 @dataclass
@@ -46,8 +49,9 @@ class HeadOutput:
 class MultiHeadModel(nn.Module):
     """Frozen trunk -> pooled features -> router + per-organ heads (one fused matrix product).
 
-    Build it with :func:`create_model` or :func:`multihead.load`. State-dict keys read as
-    ``router.weight`` and ``heads.<organ>.weight``.
+    Build it with :func:`create_model` or :func:`multihead.load`; write it with :func:`multihead.save`.
+    State-dict keys read as ``router.weight``, ``heads.<organ>.weight``, ``temperature.logit_scale``,
+    ``thresholds.router`` and ``ood.threshold``.
 
     Example:
         >>> model = create_model(trunk_weights=None)
@@ -72,19 +76,10 @@ class MultiHeadModel(nn.Module):
             {organ.name: nn.Linear(trunk.num_features, len(organ.subtypes)) for organ in taxonomy.organs}
         )
         self.register_buffer("organ_mask", torch.ones(taxonomy.num_organs, dtype=torch.bool))
-        # 1 / temperature for every output column (router, then each head's subtypes); set by calibration
-        self.register_buffer("logit_scale", torch.ones(taxonomy.num_organs + taxonomy.num_subtypes))
-        # trust (multihead.trust): abstention thresholds and the out-of-distribution score; the defaults
-        # (thresholds 0 and inf) mean "never abstain, never reject", as before they were fitted
-        self.register_buffer("router_threshold", torch.tensor(0.0))
-        self.register_buffer("subtype_threshold", torch.tensor(0.0))
-        components = min(OOD_COMPONENTS, trunk.num_features)
-        self.register_buffer("ood_mean", torch.zeros(trunk.num_features))
-        self.register_buffer("ood_projection", torch.zeros(trunk.num_features, components))
-        self.register_buffer("ood_class_means", torch.zeros(taxonomy.num_organs, components))
-        # each organ's distances times this, so one threshold flags about as many of every organ's images
-        self.register_buffer("ood_organ_scale", torch.ones(taxonomy.num_organs))
-        self.register_buffer("ood_threshold", torch.tensor(float("inf")))
+        # post-hoc estimators; their defaults (T = 1, thresholds 0, OOD threshold inf) change nothing
+        self.temperature = TemperatureScaling(taxonomy)
+        self.thresholds = AbstentionThresholds()
+        self.ood = MahalanobisOOD(trunk.num_features, taxonomy.num_organs)
         self.metadata: dict[str, Any] = {}
         """Training config, history, split and metrics; written into checkpoints as JSON."""
         self._register_index_buffers()
@@ -99,7 +94,8 @@ class MultiHeadModel(nn.Module):
             valid[i, :size] = True
         self.register_buffer("_head_gather", gather, persistent=False)
         self.register_buffer("_head_valid", valid, persistent=False)
-        self.register_buffer("_subtype_organ", torch.tensor(tax.subtype_organ_indices), persistent=False)
+        self.register_buffer("subtype_organ", torch.tensor(tax.subtype_organ_indices), persistent=False)
+        """The organ index of every subtype ``[S]``, what :mod:`~multihead.model.decision` needs."""
 
     # --- the forward pass: features -> heads ---------------------------------------------------------
     @property
@@ -116,13 +112,18 @@ class MultiHeadModel(nn.Module):
         bias = torch.cat([self.router.bias, *(h.bias for h in self.heads.values())])
         return weight, bias
 
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, F]`` -> ``[router | subtypes]`` logits ``[B, O + S]`` before temperatures
+        and masks, in one matmul (what temperature scaling is fitted on)."""
+        weight, bias = self.fused_head_parameters()
+        return F.linear(features.to(weight.dtype), weight, bias)
+
     def forward_heads(self, features: torch.Tensor) -> HeadOutput:
         """Pooled features -> every head's logits and the joint log-probabilities, in one matmul."""
-        weight, bias = self.fused_head_parameters()
-        logits = F.linear(features.to(weight.dtype), weight, bias) * self.logit_scale
+        logits = self.temperature(self.head_logits(features))
         router_logits, subtype_logits = logits.split([self.taxonomy.num_organs, self.taxonomy.num_subtypes], dim=1)
         if self.joint == "flat":
-            subtype_logits = subtype_logits.masked_fill(~self.organ_mask[self._subtype_organ], float("-inf"))
+            subtype_logits = subtype_logits.masked_fill(~self.organ_mask[self.subtype_organ], float("-inf"))
             joint = F.log_softmax(subtype_logits, dim=1)
             router_logits = torch.logsumexp(self._padded(joint), dim=2)
             return HeadOutput(router_logits, subtype_logits, joint)
@@ -139,36 +140,17 @@ class MultiHeadModel(nn.Module):
     def joint_log_probs(self, router_logits: torch.Tensor, subtype_logits: torch.Tensor) -> torch.Tensor:
         """log P(organ) + log P(subtype | organ) for every subtype, with a softmax per head segment."""
         head_log_norm = torch.logsumexp(self._padded(subtype_logits), dim=2)  # [B, O]
-        conditional = subtype_logits - head_log_norm[:, self._subtype_organ]
-        return F.log_softmax(router_logits, dim=1)[:, self._subtype_organ] + conditional
+        conditional = subtype_logits - head_log_norm[:, self.subtype_organ]
+        return F.log_softmax(router_logits, dim=1)[:, self.subtype_organ] + conditional
 
     def decide(self, output: HeadOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """The router's organ and that organ's best subtype (global index), per row."""
-        organ = output.router_logits.argmax(dim=1)
-        in_organ = self._subtype_organ.unsqueeze(0) == organ.unsqueeze(1)
-        subtype = output.joint_log_probs.masked_fill(~in_organ, float("-inf")).argmax(dim=1)
-        return organ, subtype
-
-    # --- trust: out-of-distribution score -------------------------------------------------------
-    @property
-    def ood_fitted(self) -> bool:
-        """Whether :func:`multihead.trust.fit_ood` has set the out-of-distribution score."""
-        return bool(torch.isfinite(self.ood_threshold))
+        return decide(output.joint_log_probs, self.subtype_organ, output.router_logits)
 
     def ood_score(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``[B, F]`` -> squared Mahalanobis distance to the nearest trained organ ``[B]``.
-
-        Distances are in a whitened PCA space (shared covariance), each organ's scaled by ``ood_organ_scale``
-        (organs spread differently around their means); above ``ood_threshold`` an image is unlike every
-        organ seen in training. Zeros while unfitted.
-        """
-        distances = self.ood_organ_distances(features) * self.ood_organ_scale
-        return distances.masked_fill(~self.organ_mask, float("inf")).min(dim=1).values
-
-    def ood_organ_distances(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``[B, F]`` -> squared distance to every organ's mean ``[B, O]``, before scaling."""
-        z = (features.to(self.ood_projection.dtype) - self.ood_mean) @ self.ood_projection
-        return (z.unsqueeze(1) - self.ood_class_means.unsqueeze(0)).square().sum(dim=2)
+        """Pooled features ``[B, F]`` -> the out-of-distribution score over the organs the model answers ``[B]``
+        (:class:`~multihead.model.ood.MahalanobisOOD`)."""
+        return self.ood.score(features, self.organ_mask)
 
     # --- trained organs --------------------------------------------------------------------------
     @property
@@ -204,12 +186,6 @@ class MultiHeadModel(nn.Module):
     def device(self) -> torch.device:
         return self.router.weight.device
 
-    def save(self, path: str | os.PathLike, **kwargs: Any) -> None:
-        """Write one ``.safetensors`` checkpoint atomically (see :func:`multihead.checkpoint.save`)."""
-        from .checkpoint import save
-
-        save(self, path, **kwargs)
-
     def extra_repr(self) -> str:
         return f"taxonomy={self.taxonomy!r}, joint={self.joint!r}, available_organs={len(self.available_organs)}"
 
@@ -221,11 +197,11 @@ def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = 
     """Build a multi-head model with freshly initialised heads.
 
     Args:
-        trunk: a torchvision or timm model name, or a :class:`~multihead.trunk.Trunk`.
+        trunk: a torchvision or timm model name, or a :class:`~multihead.model.trunk.Trunk`.
         trunk_weights: ``"imagenet"``, a weights id, a local file, or ``None`` (random, said explicitly).
         taxonomy: the organ -> subtypes layout; head sizes come from it.
         trunk_stages: inner trunk stages whose pooled outputs join the features, or ``"auto"``
-            (see :func:`~multihead.trunk.create_trunk`); ignored when ``trunk`` is already built.
+            (see :func:`~multihead.model.trunk.create_trunk`); ignored when ``trunk`` is already built.
         image_size: input side in pixels, overriding the trunk's default.
         preprocessing: full preprocessing, overriding the trunk's default (and ``image_size``).
         seed: seed for the heads' initialisation.

@@ -1,0 +1,35 @@
+"""Evaluate a model on a folder (or one subset of a split of it): features through the cache, then metrics."""
+
+from __future__ import annotations
+
+import os
+
+from ..data.scan import scan_dataset
+from ..data.splits import Split
+from ..data.views import VIEWS
+from ..features.dataset import dataset_features
+from ..model.heads import MultiHeadModel
+from .metrics import metrics_report, predict_features
+
+__all__ = ["evaluate_folder"]
+
+
+def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike, *, split: Split | None = None,
+                    subset: str = "test", cache_dir: str | os.PathLike | None = None,
+                    n_resamples: int = 1000) -> tuple[dict[str, object], list[tuple[str, str]]]:
+    """Evaluate ``model`` on every image under ``data_dir``, or on one subset of a split of it.
+
+    Returns the metrics report and the files that could not be read ``(relpath, reason)``.
+    """
+    scan = scan_dataset(data_dir, model.taxonomy)
+    relpaths = [r.relpath for r in scan.records] if split is None else split.files(subset)
+    if not relpaths:
+        raise ValueError(f"no images to evaluate in {data_dir}" + (f" (subset {subset!r})" if split else ""))
+    data, failures = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir)
+    if len(data) == 0:
+        raise ValueError(f"none of the {len(relpaths)} images in {data_dir} could be read")
+    evaluation = predict_features(model, data.features[:, 0], data.subtypes, data.relpaths)
+    report = metrics_report(model.taxonomy, evaluation, n_resamples=n_resamples)
+    report["skipped"] = [{"file": f, "reason": r} for f, r in failures]
+    report["subset"] = subset if split is not None else "all"
+    return report, failures

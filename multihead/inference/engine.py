@@ -1,0 +1,55 @@
+"""The engine: a uint8 batch through preprocessing and the trunk on the configured device, precision and
+backend, then the heads. Everything that runs the model on a batch (``classify``, feature extraction,
+the server, the benchmarks) goes through :func:`run_features`.
+
+Images are decoded and resized on the CPU as uint8, cross to the device as uint8 (a quarter of float32's
+bytes), and are normalised there; the trunk may run in reduced precision, the heads always run in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._precision import PRECISIONS
+from ..model.heads import HeadOutput, MultiHeadModel
+from .backends import runtime_for
+from .config import InferenceConfig
+
+__all__ = ["run_batch", "run_features"]
+
+
+def run_features(model: MultiHeadModel, batch: torch.Tensor,
+                 config: InferenceConfig = InferenceConfig()) -> torch.Tensor:
+    """A uint8 batch ``[B, 3, S, S]`` (any device) -> float32 pooled trunk features, under ``inference_mode``.
+
+    ``channels_last`` lays out the input only; the model is never changed here. Converting it too
+    (``model.to(memory_format=torch.channels_last)``) is faster still, but its conv weights then need
+    ``.contiguous()`` before safetensors' ``save_file`` (:func:`multihead.save` already does that).
+    """
+    if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 batch of shape [B, 3, S, S], got {batch.dtype} {tuple(batch.shape)}")
+    if batch.shape[0] == 0:
+        raise ValueError("empty batch: at least one image is needed")
+    device = model.device
+    resolved = config.resolve(device)
+    if resolved.backend != "torch":
+        runtime = runtime_for(model, resolved.backend, resolved.precision, fallback=config.backend == "auto")
+        if runtime is not None:
+            return runtime.features(batch).to(device)
+    config = resolved
+    with torch.inference_mode():
+        batch = batch.to(device, non_blocking=True)
+        if config.channels_last:  # in uint8, before normalising: a quarter of the bytes to move
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        images = model.preprocessing.normalize(batch)
+        dtype = PRECISIONS[config.precision]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            features = model.forward_features(images)
+        return features.float()
+
+
+def run_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceConfig = InferenceConfig()) -> HeadOutput:
+    """A uint8 batch ``[B, 3, S, S]`` (any device) -> :class:`HeadOutput`, under ``inference_mode``."""
+    features = run_features(model, batch, config)
+    with torch.inference_mode():
+        return model.forward_heads(features)

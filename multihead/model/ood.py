@@ -1,0 +1,118 @@
+"""Out of distribution: is the image one of the trained organs' kinds at all?
+
+An image that is none of the trained modalities (a photograph, a scanned document, noise) can still get a
+confident softmax, but its pooled trunk features lie far from every organ's. The score is the squared
+Mahalanobis distance to the nearest organ mean, with one shared covariance, in a whitened PCA space of
+:data:`OOD_COMPONENTS` dimensions (so a checkpoint grows by a few hundred kB). Each organ's distances are
+scaled so that one threshold flags about as many of every organ's validation images; the threshold keeps
+95 % of them. Unfitted, the threshold is infinite: nothing is flagged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_TPR", "MIN_SCALE_IMAGES", "OOD_COMPONENTS", "MahalanobisOOD"]
+
+OOD_COMPONENTS = 64
+"""Principal components kept (a fixed size keeps checkpoint keys and shapes fixed)."""
+DEFAULT_TPR = 0.95
+"""Share of in-distribution validation images the threshold keeps."""
+MIN_SCALE_IMAGES = 20
+"""Validation images an organ needs for its own distance scale (fewer: scale 1, a quantile of noise)."""
+_RIDGE = 1e-4
+
+
+class MahalanobisOOD(nn.Module):
+    """The out-of-distribution score's buffers, its fit and its scoring.
+
+    Example:
+        >>> ood = MahalanobisOOD(num_features=16, num_organs=3)
+        >>> ood.fitted
+        False
+    """
+
+    def __init__(self, num_features: int, num_organs: int, components: int = OOD_COMPONENTS) -> None:
+        super().__init__()
+        components = min(components, num_features)
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("projection", torch.zeros(num_features, components))
+        self.register_buffer("class_means", torch.zeros(num_organs, components))
+        # each organ's distances times this, so one threshold flags about as many of every organ's images
+        self.register_buffer("organ_scale", torch.ones(num_organs))
+        self.register_buffer("threshold", torch.tensor(float("inf")))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has set a threshold."""
+        return bool(torch.isfinite(self.threshold))
+
+    def organ_distances(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, F]`` -> squared distance to every organ's mean ``[B, O]``, before scaling."""
+        z = (features.to(self.projection.device, self.projection.dtype) - self.mean) @ self.projection
+        return (z.unsqueeze(1) - self.class_means.unsqueeze(0)).square().sum(dim=2)
+
+    def score(self, features: torch.Tensor, organ_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, F]`` -> scaled distance to the nearest organ the model answers ``[B]``
+        (``organ_mask`` ``[O]`` bool). Zeros while unfitted."""
+        distances = self.organ_distances(features) * self.organ_scale
+        return distances.masked_fill(~organ_mask.to(distances.device), float("inf")).min(dim=1).values
+
+    def flag(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores > threshold``: the images unlike every trained organ."""
+        return scores > float(self.threshold)
+
+    def fit(self, features: torch.Tensor, organs: torch.Tensor, val_features: torch.Tensor | None = None,
+            val_organs: torch.Tensor | None = None, *, organ_mask: torch.Tensor,
+            tpr: float = DEFAULT_TPR) -> MahalanobisOOD:
+        """Fit the score on training features ``[N, F]`` (organ indices ``[N]``) and its threshold on
+        validation features (the training ones when none are given).
+
+        PCA of the training features, organ means and one pooled covariance in that space, folded into one
+        projection, so scoring is a matrix product and a distance. Each organ with at least
+        :data:`MIN_SCALE_IMAGES` validation images gets a scale that puts its ``tpr`` quantile on the pooled
+        one (one covariance fits the large organs, not a small one whose images spread more). The threshold
+        is the ``tpr`` quantile of the validation scores.
+        """
+        if not 0.0 < tpr < 1.0:
+            raise ValueError(f"tpr must be in (0, 1), got {tpr!r}")
+        if len(features) < 2:
+            raise ValueError(f"the out-of-distribution score needs training images; got {len(features)}")
+        x = features.detach().cpu().double()
+        organs = organs.cpu()
+        mean = x.mean(0)
+        centred = x - mean
+        components = self.projection.shape[1]
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        basis = torch.zeros(x.shape[1], components, dtype=torch.float64)
+        kept = min(components, vh.shape[0])
+        basis[:, :kept] = vh[:kept].T
+        z = centred @ basis
+        present = sorted(set(organs.tolist()))
+        means = torch.zeros(self.class_means.shape[0], components, dtype=torch.float64)
+        for organ in present:
+            means[organ] = z[organs == organ].mean(0)
+        residual = z - means[organs]
+        covariance = residual.T @ residual / max(len(z) - len(present), 1)
+        covariance += _RIDGE * covariance.diagonal().mean() * torch.eye(components, dtype=torch.float64)
+        values, vectors = torch.linalg.eigh(covariance)
+        whiten = vectors @ torch.diag(values.clamp_min(1e-12).rsqrt()) @ vectors.T
+        self.mean.copy_(mean.float())
+        self.projection.copy_((basis @ whiten).float())
+        self.class_means.copy_((means @ whiten).float())
+        if val_features is None or len(val_features) == 0:
+            val_features, val_organs = features, organs
+        val_organs = val_organs.cpu()
+        self.organ_scale.fill_(1.0)
+        with torch.no_grad():
+            own = self.organ_distances(val_features).cpu().double().gather(1, val_organs.unsqueeze(1)).squeeze(1)
+        pooled = torch.quantile(own, tpr)
+        for organ in sorted(set(val_organs.tolist())):
+            rows = val_organs == organ
+            if int(rows.sum()) >= MIN_SCALE_IMAGES:
+                self.organ_scale[organ] = float(pooled / torch.quantile(own[rows], tpr).clamp_min(1e-12))
+        with torch.no_grad():
+            scores = self.score(val_features, organ_mask).cpu().double()
+        self.threshold.fill_(float(torch.quantile(scores, tpr)))
+        return self

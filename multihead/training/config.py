@@ -1,0 +1,80 @@
+"""Training settings: one frozen dataclass, stored in every checkpoint, and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+__all__ = ["METHODS", "PRESETS", "TrainConfig"]
+
+METHODS = ("multihead", "per-organ", "flat")
+"""``multihead``: router and all heads on the joint loss; ``per-organ``: the paper's separately trained heads;
+``flat``: one 26-way softmax."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how the heads are trained; stored in the checkpoint."""
+
+    # what
+    method: str = "multihead"
+    # optimisation (Adam)
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    class_weighting: bool = True
+    seed: int = 0
+    # data: "identity" trains on the image as it is; "dihedral" on a random cached flip/90-degree view each
+    # step; "augmented" is the online mode: the paper's rotation/flip/scaling through the trunk, a fresh
+    # view of every image for every epoch (multihead.features.augmented_features).
+    views: str = "identity"
+    # 640 px beat 448, 560 and 768 on the held-out images of four splits of the shared sample (448 had beaten
+    # 224), at about twice the trunk's work of 448 (docs/accuracy.md, "Input size"); None: the trunk's size.
+    image_size: int | None = 640
+    # features: the trunk's pooled output, plus average-pooled earlier stages ("auto": the end of every stage
+    # but the last, multihead.model.trunk.AUTO_STAGES; "none"; or module names joined by commas). Standardising
+    # them for training (folded into the heads afterwards, so inference is unchanged) lets Adam treat
+    # stages of very different scales alike. Both chosen on validation accuracy (docs/accuracy.md).
+    stages: str = "auto"
+    standardize: bool = True
+    # probabilities: temperature scaling on the validation split after training (changes no prediction)
+    calibrate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        if self.views not in ("identity", "dihedral", "augmented"):
+            raise ValueError(f"views must be 'identity', 'dihedral' or 'augmented', got {self.views!r}")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not isinstance(self.stages, str):
+            raise ValueError(f"stages must be 'auto', 'none' or module names joined by commas, got {self.stages!r}")
+
+    @property
+    def trunk_stages(self) -> tuple[str, ...] | str:
+        """``stages`` in the form :func:`multihead.create_model` takes."""
+        if self.stages in ("auto", "none", ""):
+            return "auto" if self.stages == "auto" else ()
+        return tuple(part.strip() for part in self.stages.split(",") if part.strip())
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def override(self, **changes: object) -> TrainConfig:
+        """A copy with the given fields changed; ``None`` values are ignored (unset CLI options)."""
+        unknown = sorted(set(changes) - set(asdict(self)))
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; expected some of {sorted(asdict(self))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PRESETS = {
+    "default": TrainConfig(),
+    # The paper: Adam, lr 1e-3, batch 32, 4 epochs, last layer only, no class weighting, images augmented by
+    # rotation, flips and scaling on every pass.
+    "paper": TrainConfig(epochs=4, lr=1e-3, batch_size=32, weight_decay=0.0, class_weighting=False,
+                         views="augmented", image_size=224, calibrate=False, stages="none", standardize=False),
+}

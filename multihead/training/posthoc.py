@@ -1,0 +1,82 @@
+"""Fitting the post-hoc estimators on a trained model's features: temperatures on validation logits, the
+out-of-distribution score on training features (its threshold on validation), then the abstention
+thresholds. Each returns the summary the checkpoint's metadata records; the measurements come from
+:mod:`multihead.evaluation.trust`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..evaluation.trust import selective_report, selective_scores
+from ..features.dataset import FeatureSet
+from ..model.heads import MultiHeadModel
+from ..model.ood import DEFAULT_TPR
+from ..model.thresholds import DEFAULT_CONFIDENCE_LEVEL, DEFAULT_TARGET_ACCURACY
+
+__all__ = ["fit_ood", "fit_temperatures", "fit_thresholds", "fit_trust"]
+
+
+def fit_temperatures(model: MultiHeadModel, data: FeatureSet) -> dict[str, object]:
+    """Fit and set the temperatures on validation features (identity view); returns them by head.
+
+    A flat model gets one temperature for all subtypes. A head with fewer than 30 validation images, or
+    with no validation mistake, keeps T = 1.
+    """
+    if len(data) == 0:
+        raise ValueError("temperature scaling needs validation images; the validation split is empty")
+    with torch.no_grad():
+        logits = model.head_logits(data.features[:, 0].to(model.device))
+    model.temperature.fit(logits, data.subtypes, available=model.organ_mask, flat=model.joint == "flat")
+    return dict(model.temperature.temperatures_)
+
+
+def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+                   confidence_level: float | None = DEFAULT_CONFIDENCE_LEVEL, router_threshold: float | None = None,
+                   subtype_threshold: float | None = None) -> dict[str, float]:
+    """Choose (or set) the abstention thresholds on validation features; returns them with their coverage
+    (:class:`~multihead.model.thresholds.AbstentionThresholds`, :func:`~multihead.evaluation.trust.selective_report`).
+
+    Example:
+        >>> fit_thresholds(model, val_features, target_accuracy=0.99)  # doctest: +SKIP
+        {'router_threshold': 0.71, 'subtype_threshold': 0.88, ...}
+    """
+    scores: tuple[torch.Tensor, ...] = (torch.zeros(0),) * 4
+    if len(data):
+        s = selective_scores(model, data.features[:, 0])
+        true_organ = model.subtype_organ.cpu()[data.subtypes]
+        scores = (s["organ_prob"], s["organ"] == true_organ, s["subtype_conf"], s["subtype"] == data.subtypes)
+    model.thresholds.fit(*scores, target_accuracy=target_accuracy, confidence_level=confidence_level,
+                         router_threshold=router_threshold, subtype_threshold=subtype_threshold)
+    result = {"router_threshold": float(model.thresholds.router), "subtype_threshold": float(model.thresholds.subtype),
+              "target_accuracy": target_accuracy, "confidence_level": confidence_level}
+    if len(data):
+        result.update(selective_report(model, data))
+    return result
+
+
+def fit_ood(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None = None, *,
+            tpr: float = DEFAULT_TPR) -> dict[str, object]:
+    """Fit the out-of-distribution score on training features and its threshold on validation features
+    (:class:`~multihead.model.ood.MahalanobisOOD`); returns the threshold and each organ's scale."""
+    use_val = val is not None and len(val) > 0
+    model.ood.fit(train.features[:, 0], train.organs, val.features[:, 0] if use_val else None,
+                  val.organs if use_val else None, organ_mask=model.organ_mask, tpr=tpr)
+    scales = {name: round(float(scale), 4) for name, scale, ok in
+              zip(model.taxonomy.organ_names, model.ood.organ_scale.tolist(), model.organ_mask.tolist()) if ok}
+    return {"score": "mahalanobis", "components": model.ood.projection.shape[1],
+            "threshold": float(model.ood.threshold), "tpr": tpr, "fitted_on": len(train),
+            "threshold_from": "val" if use_val else "train", "organ_scale": scales}
+
+
+def fit_trust(model: MultiHeadModel, train: FeatureSet, val: FeatureSet, *,
+              target_accuracy: float = DEFAULT_TARGET_ACCURACY, tpr: float = DEFAULT_TPR) -> dict[str, object]:
+    """Everything the training pipeline fits after calibration: the OOD score, then the thresholds.
+
+    Without validation images the thresholds stay at "never abstain" and the OOD threshold comes from
+    the training images.
+    """
+    result: dict[str, object] = {"ood": fit_ood(model, train, val, tpr=tpr)}
+    if len(val):
+        result["selective"] = fit_thresholds(model, val, target_accuracy=target_accuracy)
+    return result
