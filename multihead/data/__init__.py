@@ -12,6 +12,7 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .augment import AugmentedViews, paper_augmentation
+    from .device_decode import decode_batch, resize_batch
     from .folders import expand_inputs, is_image_file, visible_files
     from .images import IMAGE_EXTENSIONS, ImageError, ImageInput, decode_image, read_image, to_rgb_tensor
     from .loading import LoadedBatch, load_batches
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     **dict.fromkeys(["AugmentedViews", "paper_augmentation"], ".augment"),
+    **dict.fromkeys(["decode_batch", "resize_batch"], ".device_decode"),
     **dict.fromkeys(["expand_inputs", "is_image_file", "visible_files"], ".folders"),
     **dict.fromkeys(["IMAGE_EXTENSIONS", "ImageError", "ImageInput", "decode_image", "read_image", "to_rgb_tensor"],
                     ".images"),
