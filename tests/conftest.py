@@ -1,24 +1,52 @@
-"""Shared fixtures: small random-weight models (no download, ever) and the real images in ../shared."""
+"""Shared fixtures: small random-weight models (no download, ever) and the real images in ../shared.
+
+The no-download guard is set in ``os.environ`` before torch or the hub are imported, so every subprocess a test
+starts (torchrun, the documented commands, the CLI) inherits it: an empty ``TORCH_HOME`` and ``HF_HOME`` and
+``HF_HUB_OFFLINE=1``. With ``CI`` set to true, a missing ``../shared`` fails the tests that need it instead of
+skipping them, so CI cannot go green having tested little.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+_NO_DOWNLOADS = Path(tempfile.mkdtemp(prefix="multihead-tests-no-downloads-"))
+os.environ["TORCH_HOME"] = str(_NO_DOWNLOADS / "torch-home")
+os.environ["HF_HOME"] = str(_NO_DOWNLOADS / "hf-home")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("MULTIHEAD_MODEL", None)
 
-import multihead
+import pytest  # noqa: E402 (after the guard above, which the hub reads when it is imported)
+import torch  # noqa: E402
+
+import multihead  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = Path(os.environ.get("MULTIHEAD_SAMPLE", REPO.parent / "shared" / "data" / "multi-cancer-sample"))
-MOBILENET_WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2-imagenet-features.safetensors"
+SHARED = Path(os.environ.get("MULTIHEAD_SHARED") or REPO.parent / "shared")
+SAMPLE = Path(os.environ.get("MULTIHEAD_SAMPLE") or SHARED / "data" / "multi-cancer-sample")
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet-features.safetensors"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_shared(path: Path, what: str) -> Path:
+    """``path`` from ../shared, or a skip that is an error under ``CI=true`` (CI must not pass having skipped)."""
+    if not path.exists():
+        message = f"{what} not found at {path} (set MULTIHEAD_SHARED to the folder holding data/ and weights/)"
+        if IN_CI:
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(autouse=True)
 def _no_network_weights(monkeypatch, tmp_path_factory):
-    """Tests never download: an empty torch hub cache, and downloads fail at once."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+    """Tests never download: an empty torch hub cache, and downloads fail at once (in this process; the
+    environment set at the top of this file covers subprocesses)."""
+    monkeypatch.setenv("TORCH_HOME", str(_NO_DOWNLOADS / "torch-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MULTIHEAD_MODEL", raising=False)
     monkeypatch.setenv("MULTIHEAD_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
 
@@ -27,6 +55,11 @@ def _no_network_weights(monkeypatch, tmp_path_factory):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    import huggingface_hub
+    import timm.models._hub  # binds its own hf_hub_download at import
+
+    for module in (huggingface_hub, timm.models._hub):
+        monkeypatch.setattr(module, "hf_hub_download", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +80,12 @@ def tiny_model() -> multihead.MultiHeadModel:
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"real images not found at {SAMPLE}")
-    return SAMPLE
+    return require_shared(SAMPLE, "real images (the multi-cancer sample)")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    return require_shared(MOBILENET_WEIGHTS, "ImageNet MobileNetV2 weights")
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +97,22 @@ def real_images(sample_dir) -> list[Path]:
         if files:
             images.append(files[0])
     return images
+
+
+def assert_handled_exit(result, code: int, *in_stderr: str) -> None:
+    """A CLI run (typer's ``CliRunner``) that ended through ``typer.Exit(code)``, not an uncaught exception.
+
+    An uncaught exception also gives exit 1 and leaves no traceback in ``result.output``, so checking the exit
+    code or the absence of "Traceback" proves nothing; ``result.exception`` is a ``SystemExit`` only when the
+    command exited on purpose. ``in_stderr``: texts the one-line error must contain.
+    """
+    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}: {result.output}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"uncaught {type(result.exception).__name__}: {result.exception}")
+    stderr = _plain(result.stderr)  # rich wraps long lines and draws boxes around usage errors
+    for text in in_stderr:
+        assert _plain(text) in stderr, f"{text!r} not in stderr: {result.stderr!r}"
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[\s│╭╮╰╯─]+", " ", text).strip()

@@ -3,16 +3,22 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch.distributed as dist
+from typer.testing import CliRunner
 
 import multihead
+from multihead.cli import app
+from multihead.data.views import VIEWS
 from multihead.distributed import classify_to_jsonl, extract_to_cache, part_path, rank_and_world, shard
 from multihead.features import extract_features
 from multihead.inference import InferenceConfig, classify_files
+
+from .conftest import assert_handled_exit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -93,10 +99,57 @@ def test_extract_to_cache_fills_the_cache(tiny_model, image_dir, tmp_path):
     assert len(ok) == len(files) - 1 and features.shape[0] == len(ok)
 
 
-@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                    reason="torch.distributed with the gloo backend is not available in this torch build")
-def test_two_gloo_processes_equal_one(tiny_model, image_dir, tmp_path):
+def test_cli_extract_fills_the_cache_and_exits_3_for_the_broken_file(tiny_model, image_dir, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "m.safetensors"
+    multihead.save(tiny_model, checkpoint)
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(app, ["extract", str(image_dir), "--model", str(checkpoint), "--cache-dir",
+                                      str(cache), "--views", "dihedral", "--batch-size", "3"])
+    assert_handled_exit(result, 3, "broken.jpg")
+    assert "cached 8 of 9 files x 8 view(s) (1 process)" in result.stdout
+    runs = []
+    monkeypatch.setattr("multihead.features.extract.run_features", lambda *args: runs.append(args))
+    features, ok, _ = extract_features(multihead.load(checkpoint), _files(image_dir), views=VIEWS, cache_dir=cache)
+    assert runs == [] and features.shape == (8, 8, 512) and len(ok) == 8  # all of it came from the cache
+    wrong = CliRunner().invoke(app, ["extract", str(image_dir), "--model", str(checkpoint), "--views", "all"])
+    assert_handled_exit(wrong, 2, "'all' is not one of identity, dihedral")  # a wrong command line
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+GLOO = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                          reason="torch.distributed with the gloo backend is not available in this torch build")
+
+
+@GLOO
+def test_two_gloo_ranks_each_exit_3_and_equal_one_process(tiny_model, image_dir, tmp_path):
+    """Two ranks started with the environment torchrun gives them; each one's own exit code is checked."""
     files = _files(image_dir)
+    checkpoint = tmp_path / "m.safetensors"
+    multihead.save(tiny_model, checkpoint)
+    out = tmp_path / "two.jsonl"
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port())}
+    command = [sys.executable, "-m", "multihead", "classify", str(image_dir), "--model", str(checkpoint),
+               "--out", str(out), "--batch-size", "2"]
+    ranks = [subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outputs = [rank.communicate(timeout=180) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [3, 3], [err[-2000:] for _, err in outputs]  # the broken file
+    assert "9 files, 1 failed (2 processes)" in outputs[0][0] and outputs[1][0] == ""  # rank 0 reports
+    expected = [r.to_dict() for r in classify_files(files, tiny_model)]
+    _assert_same(_read(out), expected)
+    assert not list(tmp_path.glob("*.part-*"))
+
+
+@GLOO
+@pytest.mark.slow
+def test_torchrun_fails_when_a_rank_fails(tiny_model, image_dir, tmp_path):
+    """The documented launcher: torchrun's own exit code is 1 when a worker exits non-zero (here 3)."""
     checkpoint = tmp_path / "m.safetensors"
     multihead.save(tiny_model, checkpoint)
     out = tmp_path / "two.jsonl"
@@ -107,9 +160,6 @@ def test_two_gloo_processes_equal_one(tiny_model, image_dir, tmp_path):
                "-m", "multihead", "classify", str(image_dir), "--model", str(checkpoint), "--out", str(out),
                "--batch-size", "2"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert out.is_file(), done.stderr[-3000:]
-    assert "exitcode  : 3" in done.stderr  # the broken file: each rank exits 3, torchrun reports it
+    assert done.returncode == 1, done.stderr[-3000:]
     assert "9 files, 1 failed (2 processes)" in done.stdout
-    expected = [r.to_dict() for r in classify_files(files, tiny_model)]
-    _assert_same(_read(out), expected)
-    assert not list(tmp_path.glob("*.part-*"))
+    _assert_same(_read(out), [r.to_dict() for r in classify_files(_files(image_dir), tiny_model)])

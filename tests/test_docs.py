@@ -217,11 +217,13 @@ def run_page(path: Path, cwd: Path) -> None:
                     f"(first: {waiting_for_default[0]}); every other command ran")
 
 
+@pytest.mark.slow  # every command of the page: about 45 s on 2 cores
 def test_quickstart_commands_run(workdir):
     assert code_blocks(DOCS / "quickstart.md"), "the quickstart shows no commands"
     run_page(DOCS / "quickstart.md", workdir)
 
 
+@pytest.mark.slow
 def test_readme_commands_run(workdir):
     if not code_blocks(REPO / "README.md"):
         pytest.skip("README.md shows no bash or python blocks")

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from multihead.evaluation import (
     metrics_report,
 )
 
+from .conftest import assert_handled_exit
 from .test_training import small_dataset  # noqa: F401  (module-scoped fixture reused)
 
 TAX = multihead.MULTI_CANCER
@@ -42,8 +44,10 @@ def test_report_shape_and_values():
     assert organs["brain"]["accuracy"] == 0.0 and organs["brain"]["accuracy_given_organ"] == 1.0
     assert organs["lung_colon"]["accuracy"] == 0.0 and organs["lung_colon"]["accuracy_given_organ"] == 1.0
     assert organs["cervix"] == {"n": 0}
-    for key in ("precision", "recall", "f1"):
-        assert 0 <= organs["all"][key] <= 1
+    # macro over the subtypes that have images: "all" has all_benign and all_early, both right (2 more absent)
+    assert {k: organs["all"][k] for k in ("precision", "recall", "f1")} == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert {k: organs["lung_colon"][k] for k in ("precision", "recall", "f1")} == {"precision": 0, "recall": 0, "f1": 0}
+    assert report["router"]["macro_f1"] == pytest.approx((1 + 0 + 2 / 3) / 3)  # all, brain, lung_colon
     assert report["paper"] == PAPER_TEST_ACCURACY
     assert report["subtypes"]["all_benign"]["support"] == 1
     assert np.array(report["router"]["confusion_matrix"]).shape == (8, 8)
@@ -65,6 +69,7 @@ def test_expected_calibration_error():
 runner = CliRunner()
 
 
+@pytest.mark.slow  # trains twice and evaluates four times
 def test_evaluate_cli_writes_report_and_figures(small_dataset, tmp_path):  # noqa: F811
     model_path = tmp_path / "m.safetensors"
     common = ["--trunk-weights", "none", "--image-size", "64", "--epochs", "2", "--views", "identity",
@@ -82,7 +87,11 @@ def test_evaluate_cli_writes_report_and_figures(small_dataset, tmp_path):  # noq
     assert result.exit_code == 0, result.output
     report = json.loads((report_dir / "report.json").read_text())
     assert report["organs"]["cervix"]["n"] == 0 and report["organs"]["brain"]["n"] > 0
-    assert 0 <= report["router"]["accuracy"] <= 1 and "flat" in next(iter(report["compare"]))
+    confusion = np.array(report["router"]["confusion_matrix"])
+    test_files = [f for f, s in json.loads(split.read_text())["files"].items() if s == "test"]
+    assert report["n_images"] == confusion.sum() == len(test_files)
+    assert report["router"]["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert "flat" in next(iter(report["compare"]))
     markdown = (report_dir / "report.md").read_text()
     assert "paper test accuracy" in markdown and "| brain |" in markdown
     for name in ("confusion_router.png", "confusion_subtypes.png", "confusion_brain.png", "history_multihead.png"):
@@ -92,6 +101,15 @@ def test_evaluate_cli_writes_report_and_figures(small_dataset, tmp_path):  # noq
                                  "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0
     assert json.loads((tmp_path / "all" / "report.json").read_text())["n_images"] == 60
+    # an unreadable image: the others are evaluated, it is listed, and the exit code is 3
+    broken = tmp_path / "with-broken"
+    shutil.copytree(small_dataset, broken)
+    (broken / "Brain Cancer" / "brain_glioma" / "cut.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    result = runner.invoke(app, ["evaluate", str(model_path), str(broken), "--report", str(tmp_path / "broken"),
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert_handled_exit(result, 3)
+    written = (tmp_path / "broken" / "report.json").read_text()
+    assert json.loads(written)["n_images"] == 60 and "brain_glioma/cut.jpg" in written
 
 
 def test_classify_plot(tiny_model, real_images, tmp_path):

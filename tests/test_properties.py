@@ -202,14 +202,17 @@ def test_any_tensor_becomes_rgb_or_image_error(array):
 @SLOW
 @given(array=arrays)
 def test_any_array_classifies_or_image_error(tiny_model, array):
+    accept = all(_should_accept(a) for a in array) if array.ndim == 4 else _should_accept(array)  # 4-D: a batch
     try:
-        prediction = multihead.classify(array, model=tiny_model)
+        predictions = multihead.classify(array, model=tiny_model)
     except ImageError:
-        assert not _should_accept(array)
+        assert not accept
         event("outcome: ImageError")
     else:
         event("outcome: prediction")
-        assert _should_accept(array) and prediction.subtype in multihead.MULTI_CANCER.subtype_names
+        predictions = predictions if array.ndim == 4 else [predictions]
+        assert accept and len(predictions) == len(array) if array.ndim == 4 else accept
+        assert all(p.subtype in multihead.MULTI_CANCER.subtype_names for p in predictions)
 
 
 # --- checkpoints ------------------------------------------------------------------------------------

@@ -11,14 +11,13 @@ import io
 import json
 import os
 import struct
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -28,6 +27,8 @@ from multihead.cli import app
 from multihead.data.images import ImageError, read_image, to_rgb_tensor
 from multihead.inference import run_batch
 from multihead.model.checkpoint import CheckpointError
+
+from .conftest import assert_handled_exit
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
@@ -205,13 +206,16 @@ def test_postscript_is_never_handed_to_ghostscript(tmp_path, monkeypatch):
     assert calls == []
 
 
-def test_just_over_the_pixel_limit_is_refused_from_the_header(tmp_path):
+def test_just_over_the_pixel_limit_is_refused_from_the_header(tmp_path, monkeypatch):
     # 9000 x 9000 claimed, one byte of pixel data: decoding would fail differently and take ~240 MB.
+    # (How fast the refusal is: benchmarks/robustness_timing.py; unit tests assert no clock.)
     path = _write(tmp_path, "bomb.png", _png(9000, 9000))
-    start = time.perf_counter()
-    with pytest.raises(ImageError, match="9000x9000 pixels is more than the limit of 80,999,999"):
-        read_image(path, max_pixels=9000 * 9000 - 1)
-    assert time.perf_counter() - start < 0.5
+    decoded = []
+    with monkeypatch.context() as patch:  # pixels must load again below
+        patch.setattr(ImageFile.ImageFile, "load", lambda self, *a: decoded.append(self.size))
+        with pytest.raises(ImageError, match="9000x9000 pixels is more than the limit of 80,999,999"):
+            read_image(path, max_pixels=9000 * 9000 - 1)
+    assert decoded == []  # refused from the header, before any pixel was decoded
     small = _write(tmp_path, "small.png", _encode(Image.new("RGB", (101, 100)), "PNG"))
     with pytest.raises(ImageError, match="more than the limit"):
         to_rgb_tensor(small, max_pixels=101 * 100 - 1)
@@ -220,10 +224,8 @@ def test_just_over_the_pixel_limit_is_refused_from_the_header(tmp_path):
 
 def test_pillow_bomb_limit_still_applies_without_max_pixels(tmp_path):
     path = _write(tmp_path, "huge.png", _png(20000, 20000))
-    start = time.perf_counter()
     with pytest.raises(ImageError, match=r"huge\.png: .*decompression bomb"):
         read_image(path, max_pixels=None)
-    assert time.perf_counter() - start < 0.5
 
 
 def test_missing_folder_broken_link_and_link_loop(tmp_path):
@@ -304,12 +306,19 @@ BAD_ARRAYS = {
 }
 
 
+BATCHES = {"rank 4", "batch"}
+"""Arrays and tensors no image reader takes, that ``classify`` takes as a batch ``[B, ...]``."""
+
+
 @pytest.mark.parametrize("case", sorted(BAD_ARRAYS))
 def test_bad_arrays_are_refused(tiny_model, case):
     array, message = BAD_ARRAYS[case]
     with pytest.raises(ImageError, match=message) as caught:
         to_rgb_tensor(array)
     assert str(caught.value).startswith("ndarray(")
+    if case in BATCHES:  # no image, but classify takes it as a batch: one prediction per row
+        assert len(multihead.classify(array, model=tiny_model)) == len(array)
+        return
     with pytest.raises(ImageError, match=message):
         multihead.classify(array, model=tiny_model)
 
@@ -331,6 +340,11 @@ BAD_TENSORS = {
 @pytest.mark.parametrize("case", sorted(BAD_TENSORS))
 def test_bad_tensors_are_refused(tiny_model, case):
     tensor, message = BAD_TENSORS[case]
+    with pytest.raises(ImageError, match=message):
+        to_rgb_tensor(tensor)
+    if case in BATCHES:  # no image, but classify takes it as a batch: one prediction per row
+        assert len(multihead.classify(tensor, model=tiny_model)) == len(tensor)
+        return
     with pytest.raises(ImageError, match=message):
         multihead.classify(tensor, model=tiny_model)
 
@@ -386,8 +400,7 @@ def test_cli_empty_folder_is_exit_1(model_file, tmp_path):
     (empty / ".hidden.png").write_bytes(_encode(PICTURE, "PNG"))
     (empty / "notes.txt").write_text("not an image")
     result = runner.invoke(app, ["classify", str(empty), "-m", model_file])
-    assert result.exit_code == 1
-    assert "no image files found" in result.output and "Traceback" not in result.output
+    assert_handled_exit(result, 1, "no image files found")
 
 
 def test_cli_folder_with_broken_files_keeps_every_result(model_file, tmp_path):
@@ -427,7 +440,8 @@ def test_cli_folder_with_broken_files_keeps_every_result(model_file, tmp_path):
     assert f"{len(bad_names)} of {len(records)} files could not be classified" in result.output
 
     table = runner.invoke(app, ["classify", str(root), "-m", model_file])
-    assert table.exit_code == 3 and "Traceback" not in table.output and "deep.jpg" in table.output
+    assert_handled_exit(table, 3, f"{len(bad_names)} of {len(records)} files could not be classified")
+    assert "deep.jpg" in table.output
 
 
 def test_cli_missing_input_and_bad_model(model_file, tmp_path):
@@ -437,7 +451,7 @@ def test_cli_missing_input_and_bad_model(model_file, tmp_path):
     assert [r["error"] is None for r in _records(result.stdout)] == [True, False]
     (tmp_path / "junk.safetensors").write_bytes(b"\0" * 100)
     result = runner.invoke(app, ["classify", str(image), "-m", str(tmp_path / "junk.safetensors")])
-    assert result.exit_code == 1 and "junk.safetensors" in result.output and "Traceback" not in result.output
+    assert_handled_exit(result, 1, "junk.safetensors")
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
@@ -466,11 +480,12 @@ def test_metadata_that_is_not_json(saved, tmp_path, field):
 
 
 @pytest.mark.parametrize("update, message", [
-    ({"trunk": "[1, 2]"}, "must be JSON objects"),
-    ({"metadata": '"text"'}, "must be JSON objects"),
+    ({"trunk": "[1, 2]"}, "'trunk' must be an object"),
+    ({"metadata": '"text"'}, "'metadata' must be an object"),
     ({"trunk": json.dumps({"name": "resnet18", "fingerprint": "x", "embedded": "yes"})}, "embedded"),
     ({"trunk": json.dumps({"name": 18, "fingerprint": "x", "embedded": True})}, "name"),
-    ({"trunk": json.dumps({"name": "no_such_net", "fingerprint": "x", "embedded": True})}, "unknown trunk"),
+    ({"trunk": json.dumps({"name": "no_such_net", "fingerprint": "0" * 64, "embedded": True, "num_features": 8})},
+     "unknown trunk"),
     ({"format_version": "one"}, "not an integer"),
     ({"format": "other"}, "not a multihead checkpoint"),
 ])
@@ -488,10 +503,8 @@ def test_embedded_trunk_tensor_with_wrong_shape(saved, tmp_path):
 @pytest.mark.parametrize("claimed", [2**63 - 1, 2**40, 50_000_000, 10])
 def test_header_claiming_a_huge_size(tmp_path, claimed):
     path = _write(tmp_path, "huge.safetensors", struct.pack("<Q", claimed) + b'{"__metadata__": {}}')
-    start = time.perf_counter()
     with pytest.raises(CheckpointError, match=r"huge\.safetensors: not a readable safetensors file"):
         multihead.load(path)
-    assert time.perf_counter() - start < 0.5
 
 
 @pytest.mark.parametrize("make", [lambda p: p.write_bytes(b""), lambda p: p.mkdir()], ids=["zero bytes", "folder"])

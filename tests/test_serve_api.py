@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -301,18 +300,22 @@ def test_batcher_splits_at_max_batch_and_answers_each_caller():
     asyncio.run(scenario())
 
 
-def test_the_fastest_batch_size_is_measured_not_assumed(tiny_model, one_torch_thread):
+def test_the_fastest_batch_size_is_measured_not_assumed(tiny_model, one_torch_thread, monkeypatch):
+    clock = [0.0]  # a fake clock that each pass advances by its modelled cost: no wall-clock flakiness under load
+    monkeypatch.setattr("multihead.serve.batching.time.perf_counter", lambda: clock[0])
+
     def fixed_cost(batch):  # a pass costs the same whatever its size: the biggest batch wins
-        time.sleep(0.004)
+        clock[0] += 0.004
 
     def quadratic_cost(batch):  # bigger batches cost more per image: one at a time wins
-        time.sleep(0.001 * batch.shape[0] ** 2)
+        clock[0] += 0.001 * batch.shape[0] ** 2
 
     example = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
     assert fastest_batch_size(fixed_cost, example)[0] == max(BATCH_CANDIDATES)
     chosen, rates = fastest_batch_size(quadratic_cost, example)
     assert chosen == 1 and list(rates) == list(BATCH_CANDIDATES)
 
+    monkeypatch.undo()  # the server's own measurement at start runs on the real clock
     with TestClient(create_app(tiny_model)) as test_client:  # default settings: the server measures at start
         batching = test_client.get("/healthz").json()["batching"]
     assert batching["max_batch"] in BATCH_CANDIDATES

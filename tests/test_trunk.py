@@ -5,8 +5,6 @@ from safetensors.torch import save_file
 import multihead
 from multihead.model.trunk import WeightsUnavailableError, create_trunk
 
-from .conftest import MOBILENET_WEIGHTS
-
 
 def test_random_trunk_is_frozen_and_reports_features():
     trunk = create_trunk("resnet18", weights=None)
@@ -56,9 +54,8 @@ def test_weights_that_do_not_fit_are_named(tmp_path):
         create_trunk("resnet18", weights=tmp_path / "bad.safetensors")
 
 
-@pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="shared ImageNet MobileNetV2 weights absent")
-def test_shared_imagenet_mobilenet_loads_offline():
-    trunk = create_trunk("mobilenet_v2", weights=MOBILENET_WEIGHTS)
+def test_shared_imagenet_mobilenet_loads_offline(mobilenet_weights):
+    trunk = create_trunk("mobilenet_v2", weights=mobilenet_weights)
     assert trunk.num_features == 1280
     model = multihead.create_model(trunk)
     assert model(torch.zeros(1, 3, 64, 64)).router_logits.shape == (1, 8)

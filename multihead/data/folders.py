@@ -7,9 +7,11 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS
+__all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "is_image_file", "visible_files"]
 
-__all__ = ["expand_inputs", "is_image_file", "visible_files"]
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+"""The extensions multihead reads (:mod:`multihead.data.images` opens them); defined here, with no torch or
+Pillow import, so ``multihead --help`` and folder walks stay fast."""
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

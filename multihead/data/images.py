@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .folders import IMAGE_EXTENSIONS  # defined there so walking folders needs no torch
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -29,7 +31,9 @@ __all__ = [
     "ImageInput",
     "decode_image",
     "describe_input",
+    "finish_decoding",
     "is_path",
+    "open_image",
     "pil_to_rgb",
     "read_image",
     "to_rgb_tensor",
@@ -37,7 +41,6 @@ __all__ = [
 
 ImageInput = str | bytes | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
 """The Pillow decoders files are opened with; the JPEG one also reads multi-picture (MPO) JPEGs."""
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x 89.5 Mpx)
@@ -108,12 +111,15 @@ def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFA
         return _decode(handle, name, max_pixels)
 
 
-def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 reduce_to: int | None = None) -> Image.Image:
     """:func:`read_image` for an image held in memory (an HTTP upload): same formats, limits and errors.
 
     Args:
         data: the encoded file's bytes.
         name: how error messages name the image (an upload's file name).
+        reduce_to: the side the image will be resized to; when given, the image is downscaled while it is
+            decoded (:func:`open_image`, :func:`finish_decoding`), never below twice that side.
 
     Raises:
         ImageError: the bytes are empty, not an image, truncated, or larger than ``max_pixels``.
@@ -122,12 +128,50 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = D
         >>> decode_image(open("slide.png", "rb").read(), name="slide.png").size  # doctest: +SKIP
         (640, 480)
     """
+    return finish_decoding(open_image(data, name=name, max_pixels=max_pixels, reduce_to=reduce_to),
+                           name=name, reduce_to=reduce_to)
+
+
+def open_image(data: bytes, *, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               reduce_to: int | None = None) -> Image.Image:
+    """Read an encoded image's header only; its ``size`` is then what decoding will allocate.
+
+    With ``reduce_to``, JPEGs are set to decode at 1/2, 1/4 or 1/8 scale (Pillow's ``draft``), keeping at
+    least ``2 * reduce_to`` pixels a side, so a 6300x6300 JPEG costs a 64th of its pixels; other formats
+    decode at full size. A server charges that size against its budget before decoding.
+
+    Raises:
+        ImageError: as :func:`decode_image`.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageError(f"{name}: expected the encoded image as bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise ImageError(f"{name}: is empty (0 bytes)")
-    with _decoding_errors(name):
-        return _decode(io.BytesIO(data), name, max_pixels)
+    with _decoding_errors(name), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = _open_checked(io.BytesIO(data), name, max_pixels)
+        if reduce_to is not None and image.format == "JPEG":
+            image.draft("RGB", (2 * reduce_to, 2 * reduce_to))
+        return image
+
+
+def finish_decoding(image: Image.Image, *, name: str = "image", reduce_to: int | None = None) -> Image.Image:
+    """Decode an image from :func:`open_image` to RGB; with ``reduce_to``, box-reduce it by a whole factor
+    (never below ``2 * reduce_to`` a side) and let the full-size pixels go at once."""
+    with _decoding_errors(name), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image.seek(0)
+        image.load()
+        if reduce_to is not None:
+            factor = min(image.width, image.height) // (2 * reduce_to)
+            if factor >= 2:
+                if image.mode not in _REDUCIBLE_MODES:
+                    image = pil_to_rgb(image, source=name)
+                image = image.reduce(factor)  # the full-size image is released when this function returns
+        return pil_to_rgb(image, source=name)
+
+
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
 
 
 def _decode(handle: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
@@ -135,15 +179,20 @@ def _decode(handle: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
     # are silenced: the outcome is an image or one ImageError.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = Image.open(handle, formats=IMAGE_FORMATS)
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            raise ImageError(
-                f"{name}: {image.width}x{image.height} pixels is more than the limit of {max_pixels:,}; "
-                "raise max_pixels if the file is trusted"
-            )
+        image = _open_checked(handle, name, max_pixels)
         image.seek(0)
         image.load()
         return pil_to_rgb(image, source=name)
+
+
+def _open_checked(handle: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+    image = Image.open(handle, formats=IMAGE_FORMATS)
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageError(
+            f"{name}: {image.width}x{image.height} pixels is more than the limit of {max_pixels:,}; "
+            "raise max_pixels if the file is trusted"
+        )
+    return image
 
 
 @contextmanager

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .reports import markdown_report, write_report
     from .trust import ood_metrics, ood_report, reliability, risk_coverage, selective_report
     from .trust_plots import plot_ood_scores, plot_reliability_diagram, plot_risk_coverage
+    from .trust_state import describe_trust, status_breakdown
 
 _EXPORTS = {
     "evaluate_folder": ".evaluate",
@@ -33,6 +34,7 @@ _EXPORTS = {
     **dict.fromkeys(["markdown_report", "write_report"], ".reports"),
     **dict.fromkeys(["ood_metrics", "ood_report", "reliability", "risk_coverage", "selective_report"], ".trust"),
     **dict.fromkeys(["plot_ood_scores", "plot_reliability_diagram", "plot_risk_coverage"], ".trust_plots"),
+    **dict.fromkeys(["describe_trust", "status_breakdown"], ".trust_state"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

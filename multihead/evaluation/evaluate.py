@@ -10,6 +10,8 @@ from ..data.views import VIEWS
 from ..features.dataset import dataset_features
 from ..model.heads import MultiHeadModel
 from .metrics import metrics_report, predict_features
+from .trust import selective_report
+from .trust_state import describe_trust
 
 __all__ = ["evaluate_folder"]
 
@@ -32,4 +34,6 @@ def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike, *, split
     report = metrics_report(model.taxonomy, evaluation, n_resamples=n_resamples)
     report["skipped"] = [{"file": f, "reason": r} for f, r in failures]
     report["subset"] = subset if split is not None else "all"
+    # what classify would say on these images: answered / organ only / uncertain, and the recorded trust state
+    report["trust"] = {**selective_report(model, data), "state": describe_trust(model.metadata)}
     return report, failures

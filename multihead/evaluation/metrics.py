@@ -81,6 +81,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n
 
 
 def _prf(y_true: np.ndarray, y_pred: np.ndarray, labels: list[int]) -> dict[str, float]:
+    """Macro scores over the ``labels`` that have images, as the overall macro F1 (an absent subtype is no 0)."""
+    labels = [label for label in labels if label in set(y_true.tolist())]
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
                                                                zero_division=0)
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}

@@ -82,7 +82,12 @@ def plot_prediction(image: Any, prediction: Prediction, *, taxonomy: Taxonomy | 
     ax_image.imshow(image)
     ax_image.axis("off")
     name = lambda n: taxonomy.display_name(n) if taxonomy else n  # noqa: E731
-    ax_image.set_title(f"{name(prediction.subtype)}\nP = {prediction.subtype_probability:.3f}", fontsize=10)
+    status = str(prediction.status)
+    if status == "organ_and_subtype":
+        title = f"{name(prediction.subtype)}\nP = {prediction.subtype_probability:.3f}"
+    else:  # the subtype is withheld: say so rather than title the figure with it
+        title = f"{name(prediction.organ)}: {status}\nsubtype withheld (best: {prediction.subtype})"
+    ax_image.set_title(title, fontsize=10, color="black" if status == "organ_and_subtype" else "tab:red")
     organs = sorted(prediction.organ_probabilities.items(), key=lambda kv: kv[1])
     ax_organs.barh([o for o, _ in organs], [p for _, p in organs],
                    color=["tab:red" if o == prediction.organ else "tab:gray" for o, _ in organs])

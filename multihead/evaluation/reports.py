@@ -59,14 +59,45 @@ def markdown_report(report: dict[str, Any], *, title: str = "Evaluation", model_
                      f"{_pct(other['overall']['accuracy'])} %, ECE {other['overall']['ece']:.3f}.")
     lines += ["", "| subtype | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, entry in report["subtypes"].items():
-        lines.append(f"| {name} | {entry['precision']:.3f} | {entry['recall']:.3f} | {entry['f1']:.3f} | "
-                     f"{entry['support']} |")
+        scores = [_score(entry[k], entry["support"]) for k in ("precision", "recall", "f1")]
+        lines.append(f"| {name} | {' | '.join(scores)} | {entry['support']} |")
+    lines += _trust_lines(report.get("trust"))
     empty = [o for o, e in report["organs"].items() if e["n"] == 0]
     if empty:
         lines += ["", f"No test images for: {', '.join(empty)} (not measured)."]
     if report.get("skipped"):
         lines += ["", f"Skipped {len(report['skipped'])} unreadable files (listed in report.json)."]
     return "\n".join(lines) + "\n"
+
+
+def _score(value: Any, support: int) -> str:
+    """A per-class score, or "n/a" for a class without images here (0.000 would read as a measured zero)."""
+    return "n/a" if not support or value is None else f"{value:.3f}"
+
+
+def _trust_lines(trust: dict[str, Any] | None) -> list[str]:
+    """The status breakdown of these images (as ``classify`` gives them) and the model's trust state."""
+    if not trust:
+        return []
+    from .trust_state import status_breakdown
+
+    lines = ["", "## Trust", "",
+             f"Statuses of these {trust['n']} images: {status_breakdown(trust)} "
+             f"({100 * trust.get('out_of_distribution_fraction', 0.0):.1f} % flagged out of distribution). "
+             f"Coverage (answered in full): {_pct(trust['coverage'])} %, {_pct(trust['accuracy_kept'])} % of them "
+             f"right; the organ is given for {_pct(trust['organ_coverage'])} %, "
+             f"{_pct(trust['organ_accuracy_kept'])} % right. Accuracy if every answer were kept: "
+             f"{_pct(trust['accuracy_all'])} %."]
+    if trust.get("state"):
+        lines += ["", "```text", *trust["state"], "```"]
+    return lines
+
+
+def _figure_links(names: Sequence[str]) -> str:
+    if not names:
+        return ""
+    return "\n## Figures\n\n" + "\n".join(f"- [{name.removesuffix('.png').replace('_', ' ')}]({name})"
+                                           for name in names) + "\n"
 
 
 def write_report(directory: str | os.PathLike, report: dict[str, Any], taxonomy: Taxonomy, *,
@@ -77,9 +108,6 @@ def write_report(directory: str | os.PathLike, report: dict[str, Any], taxonomy:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json"]
     written[0].write_text(json.dumps(report, indent=1, default=float))
-    if markdown:
-        (out / "report.md").write_text(markdown)
-        written.append(out / "report.md")
 
     def save(ax: Any, name: str) -> None:
         ax.figure.tight_layout()
@@ -100,4 +128,7 @@ def write_report(directory: str | os.PathLike, report: dict[str, Any], taxonomy:
         if not str(part).startswith("head:"):
             axes = plot_history(history, part=part)
             save(axes[0], f"history_{str(part).replace(':', '_')}.png")
+    if markdown:  # written last, so that it links the figures that exist
+        (out / "report.md").write_text(markdown + _figure_links([p.name for p in written if p.suffix == ".png"]))
+        written.append(out / "report.md")
     return written

@@ -34,9 +34,14 @@ def selective_scores(model: MultiHeadModel, features: torch.Tensor) -> dict[str,
 
 
 def selective_report(model: MultiHeadModel, data: FeatureSet) -> dict[str, float]:
-    """Coverage and accuracy of each status at the model's thresholds, on identity-view features."""
+    """Coverage and accuracy of each status at the model's thresholds, on identity-view features, with the
+    out-of-distribution flag applied as predictions apply it (so the shares are what ``classify`` says)."""
     s = selective_scores(model, data.features[:, 0])
-    status = np.array([str(x) for x in model.thresholds.status(s["organ_prob"], s["subtype_conf"])])
+    flagged = None
+    if model.ood.fitted:
+        with torch.no_grad():
+            flagged = model.ood.flag(model.ood_score(data.features[:, 0].to(model.device))).cpu()
+    status = np.array([str(x) for x in model.thresholds.status(s["organ_prob"], s["subtype_conf"], flagged)])
     true_organ = model.subtype_organ.cpu()[data.subtypes].numpy()
     organ_ok, subtype_ok = s["organ"].numpy() == true_organ, (s["subtype"] == data.subtypes).numpy()
     full, organ_only = status == Status.ORGAN_AND_SUBTYPE.value, status == Status.ORGAN_ONLY.value
@@ -52,6 +57,7 @@ def selective_report(model: MultiHeadModel, data: FeatureSet) -> dict[str, float
         "organ_coverage": float(answered_organ.mean()),
         "organ_accuracy_kept": mean(organ_ok, answered_organ),
         "accuracy_all": float(subtype_ok.mean()),
+        "out_of_distribution_fraction": float(flagged.double().mean()) if flagged is not None else 0.0,
     }
 
 

@@ -3,11 +3,13 @@
 Both maps come from the same activations (the trunk's last convolutional stage), so they can be
 compared directly: one backward pass per map from the router's logit of the chosen organ and from the
 chosen head's logit of its subtype. The trunk is frozen (no parameter needs a gradient), so the hooked
-activation is made a leaf that does; nothing in the model changes.
+activation is made a leaf that does; nothing in the model changes. The hook only acts on the forward pass of
+the thread that registered it, so one model can be explained and classified from several threads at once.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +49,14 @@ def find_target_layer(model: MultiHeadModel) -> tuple[str, nn.Module]:
     """
     network = model.trunk.network
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [child.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(
-        name, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
-        for name, child in network.named_children()]
+    caller = threading.get_ident()  # other threads may run this network meanwhile: only our pass is recorded
+
+    def record(name: str, output: Any) -> None:
+        if threading.get_ident() == caller:
+            shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+
+    hooks = [child.register_forward_hook(lambda _m, _i, out, name=name: record(name, out))
+             for name, child in network.named_children()]
     size = model.preprocessing.image_size
     try:
         with torch.no_grad():
@@ -86,8 +93,13 @@ def grad_cam(model: MultiHeadModel, batch: torch.Tensor, organ: int,
         raise ValueError(f"expected one uint8 image of shape [1, 3, S, S], got {batch.dtype} {tuple(batch.shape)}")
     name, layer = find_target_layer(model)
     captured: list[torch.Tensor] = []
+    caller = threading.get_ident()
 
-    def make_leaf(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    def make_leaf(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        # The hook sits on a layer every thread's forward pass goes through (a server classifying while it
+        # explains, two explain calls at once): only this call's own pass is made a leaf and captured.
+        if threading.get_ident() != caller or captured:
+            return None
         leaf = output.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf

@@ -52,6 +52,16 @@ class Prediction:
     model has no fitted out-of-distribution score."""
     out_of_distribution: bool = False
     """The image looks like none of the trained organs' images (``ood_score`` above the model's threshold)."""
+    alternatives: tuple[tuple[str, float], ...] = ()
+    """The ``top_k`` most probable subtypes with their joint probabilities, when ``classify(..., top_k=k)``
+    asked for them (``to_dict`` gives them as ``"top_k"``)."""
+
+    def __str__(self) -> str:
+        """One line: ``lung_colon / lung_aca  P = 0.981  organ_and_subtype``."""
+        why = " (out of distribution)" if self.out_of_distribution else ""
+        more = "".join(f", {s} {p:.3f}" for s, p in self.alternatives if s != self.subtype)
+        return (f"{self.organ} / {self.subtype}  P = {self.subtype_probability:.3f}  {self.status}{why}"
+                + (f"  (next: {more[2:]})" if more else ""))
 
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable subtypes with their joint probabilities."""
@@ -71,6 +81,7 @@ class Prediction:
             "subtype_confidence": self.subtype_confidence,
             "ood_score": self.ood_score,
             "out_of_distribution": self.out_of_distribution,
+            **({"top_k": [list(item) for item in self.alternatives]} if self.alternatives else {}),
         }
 
 
@@ -132,16 +143,19 @@ def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceC
 
 def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *,
              batch_size: int | None = None, device: str | torch.device | None = None,
-             config: InferenceConfig | None = None, tta: bool | None = None) -> Prediction | list[Prediction]:
+             config: InferenceConfig | None = None, tta: bool | None = None,
+             top_k: int | None = None) -> Prediction | list[Prediction]:
     """Classify one image or a list of images in one forward pass each batch.
 
     Args:
-        img: a path, ``PIL.Image``, numpy array (HxW or HxWxC uint8), torch tensor (CxHxW), or a list.
+        img: a path, ``PIL.Image``, numpy array (HxW or HxWxC uint8), torch tensor (CxHxW), a list of
+            them, or a batch: a tensor ``[B, C, H, W]`` or an array ``[B, H, W, C]`` (a list comes back).
         model: a loaded model, a checkpoint path, or ``None`` for ``$MULTIHEAD_MODEL`` / the default model.
         batch_size: images per forward pass for lists (default from ``config``).
         device: where to run (default: where the model is; the CPU for a checkpoint). A model object is
             never moved: a copy runs there instead.
         tta: average over the 8 dihedral views (default from ``config``): steadier answers, 8x the time.
+        top_k: also keep the ``top_k`` most probable subtypes in :attr:`Prediction.alternatives`.
 
     Returns:
         A :class:`Prediction`, or a list of them for a list input.
@@ -160,7 +174,11 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
         config = replace(config, batch_size=batch_size)
     if tta is not None:
         config = replace(config, tta=tta)
-    single = not isinstance(img, (list, tuple))
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    batched = (isinstance(img, torch.Tensor) and img.ndim == 4) or (
+        type(img).__module__ == "numpy" and getattr(img, "ndim", 0) == 4)
+    single = not isinstance(img, (list, tuple)) and not batched
     items = [img] if single else list(img)
     if not items:
         return []
@@ -170,6 +188,8 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
         batch = torch.stack([resolved.preprocessing.load(item) for item in chunk])
         sources = [describe_input(item) if is_path(item) else None for item in chunk]
         predictions.extend(predict_batch(resolved, batch, config, sources))
+    if top_k is not None:
+        predictions = [replace(p, alternatives=tuple(p.top_k(top_k))) for p in predictions]
     return predictions[0] if single else predictions
 
 

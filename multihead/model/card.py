@@ -16,6 +16,7 @@ from typing import Any
 
 from .checkpoint import read_header
 from .heads import MultiHeadModel
+from .metadata import printable
 
 __all__ = ["model_card_data"]
 
@@ -87,11 +88,14 @@ def _test_summary(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _finite(value: Any) -> Any:
-    """NaN and infinity have no JSON spelling: ``None`` instead, everywhere in a nested structure."""
+    """NaN and infinity have no JSON spelling: ``None`` instead, everywhere in a nested structure; strings from
+    a checkpoint are data, so terminal control codes are removed from them (:func:`printable`)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return printable(value)
     if isinstance(value, Mapping):
-        return {key: _finite(item) for key, item in value.items()}
+        return {printable(key): _finite(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_finite(item) for item in value]
     return value

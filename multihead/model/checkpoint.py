@@ -13,6 +13,7 @@ Format 2 names the post-hoc buffers after the estimators that own them (``temper
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,9 +28,19 @@ from .._precision import STORAGE_DTYPES
 from ..data.preprocessing import Preprocessing
 from ..taxonomy import Taxonomy
 from .heads import MultiHeadModel
+from .metadata import (
+    MetadataError,
+    check_metadata,
+    check_preprocessing,
+    check_taxonomy,
+    check_trunk,
+    parse_json,
+    printable,
+)
 from .trunk import create_trunk, fingerprint_state_dict
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "head_state", "load", "model_header", "read_header", "save"]
+__all__ = ["FORMAT_VERSION", "MAX_TRUNK_PARAMETERS", "CheckpointError", "head_state", "load", "model_header",
+           "read_header", "save"]
 
 FORMAT = "multihead"
 FORMAT_VERSION = 2
@@ -46,6 +57,11 @@ FORMAT_1_KEYS = {
 """Format 1 key -> format 2 key (the buffers moved from the model into the estimators that own them)."""
 OPTIONAL_KEYS = {1: frozenset({"ood_organ_scale"})}
 """Per format: stored keys added after it was fixed; a file without them loads with their defaults."""
+MAX_TRUNK_PARAMETERS = 1_000_000_000
+"""Largest trunk :func:`load` builds by default (4 GiB as float32; ResNet101 has 45 million parameters)."""
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def head_state(model: MultiHeadModel) -> dict[str, torch.Tensor]:
@@ -122,8 +138,12 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a checkpoint's metadata without loading tensors.
 
+    Every field is checked against the schema in :mod:`multihead.model.metadata` (types, required keys,
+    bounds such as ``image_size``), so a damaged or hostile header fails here with one sentence.
+
     Returns a dict with ``taxonomy`` (:class:`Taxonomy`), ``trunk`` (dict), ``preprocessing``
-    (:class:`Preprocessing`), ``metadata`` (dict), ``format_version`` (int) and ``keys`` (tensor names).
+    (:class:`Preprocessing`), ``metadata`` (dict), ``format_version`` (int), ``keys`` (tensor names) and
+    ``tensors`` (name -> (safetensors dtype such as ``"F32"``, shape)).
     """
     path = Path(path)
     if not path.is_file():
@@ -132,6 +152,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as reader:
             raw = reader.metadata() or {}
             keys = list(reader.keys())
+            tensors = {key: (reader.get_slice(key).get_dtype(), tuple(reader.get_slice(key).get_shape()))
+                       for key in keys}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
     if raw.get("format") != FORMAT:
@@ -140,75 +162,69 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         version = int(raw.get("format_version", ""))
     except ValueError:
         raise CheckpointError(f"{path}: format_version {raw.get('format_version')!r} is not an integer") from None
-    if version > FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
+        newer = version > FORMAT_VERSION
         raise CheckpointError(
-            f"{path}: written in checkpoint format {version}, this multihead reads up to {FORMAT_VERSION}; "
-            "upgrade multihead"
+            f"{path}: written in checkpoint format {version}, this multihead reads 1 to {FORMAT_VERSION}"
+            + ("; upgrade multihead" if newer else "")
         )
     try:
+        taxonomy = check_taxonomy(parse_json(raw.get("taxonomy"), "taxonomy"))
+        trunk = check_trunk(parse_json(raw.get("trunk"), "trunk"))
+        preprocessing = check_preprocessing(parse_json(raw.get("preprocessing"), "preprocessing"))
+        organs = tuple(organ["name"] for organ in taxonomy["organs"])
+        metadata = check_metadata(parse_json(raw.get("metadata", "{}"), "metadata"), organs=organs)
         header = {
             "format_version": version,
-            "taxonomy": Taxonomy.from_json(raw["taxonomy"]),
-            "trunk": json.loads(raw["trunk"]),
-            "preprocessing": Preprocessing.from_json(raw["preprocessing"]),
-            "metadata": json.loads(raw.get("metadata", "{}")),
+            "taxonomy": Taxonomy.from_json(json.dumps(taxonomy)),
+            "trunk": trunk,
+            "preprocessing": Preprocessing.from_json(json.dumps(preprocessing)),
+            "metadata": metadata,
             "joint": raw.get("joint", "hierarchical"),
             "heads_sha256": raw.get("heads_sha256"),
             "keys": keys,
+            "tensors": tensors,
         }
+    except MetadataError as err:
+        raise CheckpointError(f"{path}: damaged metadata: {err}") from None
     except (KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
-    _check_json_fields(path, header)
+        raise CheckpointError(f"{path}: damaged metadata ({type(err).__name__}: {printable(err)})") from None
     return header
 
 
-def _check_json_fields(path: Path, header: dict[str, Any]) -> None:
-    """The JSON values ``load`` relies on have the types it expects (a damaged file may hold anything)."""
-    trunk = header["trunk"]
-    if not isinstance(trunk, dict) or not isinstance(header["metadata"], dict):
-        raise CheckpointError(f"{path}: damaged metadata ('trunk' and 'metadata' must be JSON objects)")
-    wrong = [key for key, kind in (("name", str), ("fingerprint", str), ("embedded", bool))
-             if not isinstance(trunk.get(key), kind)]
-    stages = trunk.get("stages", [])
-    if not isinstance(stages, list) or not all(isinstance(stage, str) for stage in stages):
-        wrong.append("stages")
-    if wrong:
-        raise CheckpointError(f"{path}: damaged trunk metadata: {', '.join(wrong)} missing or of the wrong type")
-
-
-def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> MultiHeadModel:
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+         max_trunk_parameters: int | None = MAX_TRUNK_PARAMETERS) -> MultiHeadModel:
     """Load a model written by :func:`save`, checking everything before trusting it.
+
+    The architecture the header names is first built on the meta device (shapes, no memory) and compared
+    with the file's tensor names, shapes and dtypes, so a 1 MB file naming a 7-billion-parameter trunk is
+    refused before anything large is allocated.
+
+    Args:
+        max_trunk_parameters: refuse trunks with more parameters than this (``None``: no limit, for
+            trusted files).
 
     Raises:
         CheckpointError: not a multihead file, a newer format, damaged metadata, tensors that do not fit
-            the taxonomy, or a trunk whose weights do not match the recorded fingerprint.
+            the architecture and taxonomy, a trunk over ``max_trunk_parameters``, or a trunk whose weights do
+            not match the recorded fingerprint.
     """
     path = Path(path)
     header = read_header(path)
     spec = header["trunk"]
     name, fingerprint, embedded = spec["name"], spec["fingerprint"], spec["embedded"]
+    skeleton = _build(path, header, weights=None, meta=True)
+    heads, trunk_keys = _expected_tensors(header, skeleton)
+    _check_against_header(path, header, skeleton, {**heads, **trunk_keys}, max_trunk_parameters)
     weights = None if embedded else ("imagenet" if spec.get("source") == "timm" else spec.get("weights_id"))
-    try:
-        trunk = create_trunk(name, weights=weights, stages=spec.get("stages", ()))
-        model = MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"], joint=header["joint"])
-    except ValueError as err:  # an unknown trunk or weights id, an unknown joint rule: named in the metadata
-        raise CheckpointError(f"{path}: the model its metadata describes cannot be built ({err})") from None
-    stored_name = _stored_names(header["format_version"])
-    heads = {stored_name.get(k, k): v for k, v in model.state_dict().items() if not k.startswith("trunk.")}
-    trunk_keys = {f"trunk.{k}": v for k, v in trunk.network.state_dict().items()} if embedded else {}
-    for key in OPTIONAL_KEYS.get(header["format_version"], frozenset()).difference(header["keys"]):
-        del heads[key]  # older files: keep the new tensor's default
-    _check_keys(path, header["keys"], {**heads, **trunk_keys})
+    model = _build(path, header, weights=weights, meta=False)
+    trunk = model.trunk
     try:
         with safe_open(str(path), framework="pt") as reader:
             stored_heads = {k: reader.get_tensor(k) for k in heads}
             trunk_state = {k[len("trunk."):]: reader.get_tensor(k).to(v.dtype) for k, v in trunk_keys.items()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: tensors cannot be read, the file may be truncated ({err})") from None
-    wrong = [f"{key} has shape {tuple(tensor.shape)}, needs {tuple(heads[key].shape)}"
-             for key, tensor in stored_heads.items() if tensor.shape != heads[key].shape]
-    if wrong:
-        raise CheckpointError(f"{path}: tensors do not fit the taxonomy in its metadata: {'; '.join(wrong[:5])}")
     if embedded:
         try:
             trunk.load_weights(trunk_state)
@@ -221,11 +237,71 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Mult
         )
     if header["heads_sha256"] is not None and fingerprint_state_dict(stored_heads) != header["heads_sha256"]:
         raise CheckpointError(f"{path}: head tensors do not match the checksum in the metadata; the file is damaged")
-    current_name = {old: new for new, old in stored_name.items()}
+    current_name = {old: new for new, old in _stored_names(header["format_version"]).items()}
     model.load_state_dict({current_name.get(k, k): v for k, v in stored_heads.items()},
                           strict=False)  # the trunk is loaded and verified above
     model.metadata = header["metadata"]
     return model.to(device).eval()
+
+
+def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> MultiHeadModel:
+    """The model the header describes; on the meta device (shapes and dtypes only) when ``meta``."""
+    spec = header["trunk"]
+    try:
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            trunk = create_trunk(spec["name"], weights=weights, stages=spec.get("stages", ()))
+            return MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"],
+                                  joint=header["joint"])
+    except ValueError as err:  # an unknown trunk or weights id, an unknown joint rule: named in the metadata
+        raise CheckpointError(f"{path}: the model its metadata describes cannot be built ({printable(err)})") from None
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError) as err:
+        if not meta:
+            raise
+        raise CheckpointError(f"{path}: trunk {spec['name']!r} cannot be checked before it is built "
+                              f"({type(err).__name__}: {printable(err)})") from None
+
+
+def _expected_tensors(header: dict[str, Any], skeleton: MultiHeadModel
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The head and (if embedded) trunk tensors the file must hold, under the names its format stores them."""
+    stored_name = _stored_names(header["format_version"])
+    heads = {stored_name.get(k, k): v for k, v in skeleton.state_dict().items() if not k.startswith("trunk.")}
+    for key in OPTIONAL_KEYS.get(header["format_version"], frozenset()).difference(header["keys"]):
+        del heads[key]  # older files: keep the new tensor's default
+    trunk_keys = ({f"trunk.{k}": v for k, v in skeleton.trunk.network.state_dict().items()}
+                  if header["trunk"]["embedded"] else {})
+    return heads, trunk_keys
+
+
+def _check_against_header(path: Path, header: dict[str, Any], skeleton: MultiHeadModel,
+                          expected: dict[str, torch.Tensor], max_parameters: int | None) -> None:
+    """Parameter count, feature width, tensor names, shapes and dtypes: the header against the architecture."""
+    spec, trunk = header["trunk"], skeleton.trunk
+    parameters = sum(v.numel() for v in trunk.network.state_dict().values())
+    if max_parameters is not None and parameters > max_parameters:
+        raise CheckpointError(
+            f"{path}: trunk {spec['name']!r} has {parameters:,} parameters ({parameters * 4 / 2**30:.1f} GiB as "
+            f"float32), more than the limit of {max_parameters:,}; pass max_trunk_parameters=None if the file is "
+            "trusted")
+    if spec["num_features"] != trunk.num_features:
+        raise CheckpointError(f"{path}: trunk {spec['name']!r} gives {trunk.num_features} features, its metadata "
+                              f"says {spec['num_features']}")
+    _check_keys(path, header["keys"], expected)
+    stored_float = STORAGE_DTYPES[spec.get("stored_dtype", "float32")]
+    wrong = []
+    for key, reference in expected.items():
+        dtype_name, shape = header["tensors"][key]
+        dtype = stored_float if key.startswith("trunk.") and reference.is_floating_point() else reference.dtype
+        if shape != tuple(reference.shape):
+            wrong.append(f"{key} has shape {shape}, needs {tuple(reference.shape)}")
+        elif dtype_name != _SAFETENSORS_DTYPES.get(dtype):
+            wrong.append(f"{key} is stored as {dtype_name}, needs {_SAFETENSORS_DTYPES.get(dtype, dtype)}")
+    in_trunk = [problem for problem in wrong if problem.startswith("trunk.")]
+    if in_trunk:
+        raise CheckpointError(f"{path}: embedded trunk weights do not fit trunk {spec['name']!r}: "
+                              f"{'; '.join(in_trunk[:5])}")
+    if wrong:
+        raise CheckpointError(f"{path}: tensors do not fit the taxonomy in its metadata: {'; '.join(wrong[:5])}")
 
 
 def _stored_names(version: int) -> dict[str, str]:

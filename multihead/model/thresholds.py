@@ -4,6 +4,11 @@ The router's P(organ) and the chosen head's P(subtype | organ) are compared with
 validation data for a target accuracy. Below the first the answer is ``uncertain``; below the second it is
 ``organ_only``: the organ is still worth reporting when the subtype is not. The defaults (0 and 0) never
 abstain. How the kept answers then score is measured in :mod:`multihead.evaluation.trust`.
+
+A confidence bound needs images: at 99 % and 95 % confidence even a perfect validation set must hold
+:func:`images_to_certify` = 299 images. With fewer, no threshold can be certified, and withholding every
+answer would punish a small data set, not a bad model; each threshold then falls back to the plain
+validation accuracy (rule ``"validation_accuracy"``, recorded in :attr:`AbstentionThresholds.rules_`).
 """
 
 from __future__ import annotations
@@ -14,12 +19,30 @@ from torch import nn
 
 from .decision import Status, statuses
 
-__all__ = ["DEFAULT_CONFIDENCE_LEVEL", "DEFAULT_TARGET_ACCURACY", "AbstentionThresholds", "largest_safe_threshold"]
+__all__ = ["DEFAULT_CONFIDENCE_LEVEL", "DEFAULT_TARGET_ACCURACY", "RULE_BOUND", "RULE_FALLBACK", "AbstentionThresholds",
+           "images_to_certify", "largest_safe_threshold"]
 
 DEFAULT_TARGET_ACCURACY = 0.99
 """Accuracy asked of the predictions the model keeps (status ``organ_and_subtype``), on validation."""
 DEFAULT_CONFIDENCE_LEVEL = 0.95
 """How sure the validation split must make us that the kept answers reach the target accuracy."""
+RULE_BOUND = "confidence_bound"
+"""A threshold whose kept answers reach the target by their Clopper-Pearson lower bound."""
+RULE_FALLBACK = "validation_accuracy"
+"""Too few images to certify any threshold: the kept answers reach the target by their plain accuracy."""
+
+
+def images_to_certify(target: float, confidence_level: float) -> int:
+    """The fewest images whose lower bound can reach ``target`` at all (all of them right):
+    ``(1 - level) ** (1 / n) >= target``.
+
+    Example:
+        >>> images_to_certify(0.99, 0.95), images_to_certify(0.95, 0.95)
+        (299, 59)
+    """
+    if target >= 1.0:
+        return 2**62
+    return int(np.ceil(np.log(1.0 - confidence_level) / np.log(target)))
 
 
 def largest_safe_threshold(confidence: np.ndarray, correct: np.ndarray, target: float,
@@ -72,6 +95,9 @@ class AbstentionThresholds(nn.Module):
         super().__init__()
         self.register_buffer("router", torch.tensor(0.0))
         self.register_buffer("subtype", torch.tensor(0.0))
+        self.rules_: dict[str, str] = {}
+        """How the last :meth:`fit` chose each threshold: :data:`RULE_BOUND`, :data:`RULE_FALLBACK` (too few
+        images for a bound) or ``"given"``."""
 
     @property
     def fitted(self) -> bool:
@@ -87,7 +113,9 @@ class AbstentionThresholds(nn.Module):
         The router threshold is the lowest P(organ) at which the kept organs are ``target_accuracy`` right;
         then, among those, the subtype threshold is the lowest P(subtype | organ) at which the kept answers
         (organ and subtype) are. "Are" means with ``confidence_level`` confidence (a Clopper-Pearson lower
-        bound; ``None``: the plain validation accuracy). A threshold passed in is used as given.
+        bound; ``None``: the plain validation accuracy). A threshold passed in is used as given. Where the
+        images a threshold is read from are too few for any bound to reach the target
+        (:func:`images_to_certify`), that threshold uses the plain accuracy instead (:data:`RULE_FALLBACK`).
         """
         if not 0.0 < target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
@@ -99,12 +127,21 @@ class AbstentionThresholds(nn.Module):
             raise ValueError("choosing thresholds needs validation images; the set is empty (or pass both thresholds)")
         organ_prob, subtype_conf = organ_prob.cpu().numpy(), subtype_conf.cpu().numpy()
         organ_ok, subtype_ok = organ_correct.cpu().numpy(), subtype_correct.cpu().numpy()
-        if router_threshold is None:
-            router_threshold = largest_safe_threshold(organ_prob, organ_ok, target_accuracy, confidence_level)
+        self.rules_ = {}
+
+        def choose(name: str, given: float | None, confidence: np.ndarray, correct: np.ndarray) -> float:
+            if given is not None:
+                self.rules_[name] = "given"
+                return given
+            level = confidence_level
+            if level is not None and len(confidence) < images_to_certify(target_accuracy, level):
+                level = None
+            self.rules_[name] = RULE_BOUND if level is not None else RULE_FALLBACK
+            return largest_safe_threshold(confidence, correct, target_accuracy, level)
+
+        router_threshold = choose("router", router_threshold, organ_prob, organ_ok)
         kept = organ_prob >= router_threshold
-        if subtype_threshold is None:
-            subtype_threshold = largest_safe_threshold(subtype_conf[kept], subtype_ok[kept], target_accuracy,
-                                                       confidence_level)
+        subtype_threshold = choose("subtype", subtype_threshold, subtype_conf[kept], subtype_ok[kept])
         self.router.fill_(float(router_threshold))
         self.subtype.fill_(float(subtype_threshold))
         return self

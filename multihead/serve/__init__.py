@@ -19,7 +19,8 @@ from .settings import ServeSettings
 if TYPE_CHECKING:
     from .app import create_app
 
-__all__ = ["EXTRA_MODULES", "MissingExtraError", "ServeSettings", "create_app", "require_extra", "run_server"]
+__all__ = ["EXTRA_MODULES", "LOOPBACK_NAMES", "MissingExtraError", "ServeSettings", "create_app", "is_loopback",
+           "require_extra", "run_server", "server_config"]
 
 EXTRA_MODULES = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",),
                  "python-multipart": ("python_multipart", "multipart")}
@@ -49,13 +50,52 @@ def run_server(model: Any = None, *, host: str = "127.0.0.1", port: int = 8000, 
             authentication: mind who can reach it).
         inference: a :class:`multihead.InferenceConfig`; the library's defaults when ``None``.
     """
+    _app, config = server_config(model, host=host, port=port, device=device, settings=settings, inference=inference,
+                                 log_level=log_level)  # first: it says so in one line when the extra is missing
+    import uvicorn
+
+    uvicorn.Server(config).run()
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+"""What a loopback server answers to in the Host header (anything else is refused: DNS rebinding)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind) is reachable only from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server_config(model: Any = None, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+                  settings: ServeSettings | None = None, inference: Any = None,
+                  log_level: str = "info") -> tuple[Any, Any]:
+    """The app and the ``uvicorn.Config`` :func:`run_server` serves: connection limits and deadlines from
+    ``settings``, and, on a loopback address, the Host header checked against :data:`LOOPBACK_NAMES`."""
     require_extra()
+    from dataclasses import replace
+
     import uvicorn
 
     from .app import create_app
+    from .protocol import guarded_protocol
 
+    settings = settings or ServeSettings()
+    if settings.allowed_hosts is None and is_loopback(host):
+        settings = replace(settings, allowed_hosts=LOOPBACK_NAMES)
     app = create_app(model, device=device, settings=settings, inference=inference)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level,
+        http=guarded_protocol(header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s, h11_max_incomplete_event_size=settings.max_header_bytes,
+        limit_concurrency=settings.max_connections)
+    return app, config
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ runs every forward pass. Any failure a client can cause is a 4xx whose ``detail`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -26,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from .. import __version__
-from ..data.images import ImageError, decode_image
+from ..data.images import ImageError, finish_decoding, open_image
 from ..evaluation.plots import plot_explanation, pyplot
 from ..inference.config import InferenceConfig
 from ..inference.explain import Explanation, explain
@@ -36,6 +37,7 @@ from ..model.card import model_card_data
 from ..model.heads import MultiHeadModel
 from ..model.locate import locate_model
 from .batching import BATCH_CANDIDATES, MicroBatcher, QueueFullError, fastest_batch_size
+from .budget import PixelBudget
 from .render import overlay, png_data_url
 from .schemas import ClassifyResponse, ErrorResponse, ExplainResponse, Health
 from .settings import ServeSettings
@@ -54,8 +56,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "The request body is larger than the server's limit."},
     422: {"model": ErrorResponse, "description": "No image, too many images, or a file that is not a readable "
                                                  "image or has too many pixels (the message names it)."},
-    503: {"model": ErrorResponse, "description": "Too many images are waiting; retry after a moment."},
+    503: {"model": ErrorResponse, "description": "Too many images are waiting or being decoded; retry after the "
+                                                 "seconds in Retry-After."},
 }
+DISCONNECT_POLL_S = 0.05
+"""How often a request in progress checks that its client is still there."""
+T = TypeVar("T")
 FILES_HELP = "One or more images (JPEG, PNG, BMP, TIFF, GIF, WebP), each as a part named 'files'."
 
 
@@ -97,11 +103,14 @@ def create_app(model: MultiHeadModel | str | os.PathLike | None = None, *, devic
     )
     app.state.service = service
     app.add_middleware(_BodyLimit, max_bytes=service.settings.max_upload_bytes)
+    if service.settings.allowed_hosts is not None:
+        app.add_middleware(_HostCheck, allowed=service.settings.allowed_hosts)
     _add_error_handlers(app)
 
     @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_unset=True,
               responses=ERRORS, summary="Organ, subtype and probabilities of each uploaded image")
     async def classify(
+        request: Request,
         files: Annotated[list[UploadFile], File(description=FILES_HELP)],
         top_k: Annotated[int, Query(ge=1, le=64, description="Also list the K most probable subtypes "
                                                               "(as `multihead classify --json --top-k K`).")] = 1,
@@ -111,13 +120,15 @@ def create_app(model: MultiHeadModel | str | os.PathLike | None = None, *, devic
         Images from concurrent requests share forward passes. A request with any unreadable image fails
         whole (422) and names every such file.
         """
-        return {"results": await service.classify(await _read_uploads(files, service.settings.max_files), top_k)}
+        uploads = await _read_uploads(files, service.settings.max_files)
+        return {"results": await service.unless_disconnected(request, service.classify(uploads, top_k))}
 
     @app.post("/v1/explain", response_model=ExplainResponse, response_model_exclude_unset=True,
               responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "JSON, or with "
                                          "format=png one image's figure (as `multihead explain --out`)."}},
               summary="Grad-CAM maps of the router's organ and the head's subtype")
     async def explain_images(
+        request: Request,
         files: Annotated[list[UploadFile], File(description=FILES_HELP)],
         output: Annotated[Literal["json", "png"], Query(
             alias="format", description="json: a classification record plus Grad-CAM overlays as PNG data URLs, "
@@ -130,8 +141,9 @@ def create_app(model: MultiHeadModel | str | os.PathLike | None = None, *, devic
         limit = 1 if output == "png" else service.settings.max_explain_files
         uploads = await _read_uploads(files, limit)
         if output == "png":
-            return Response(await service.explain_figure(*uploads[0]), media_type="image/png")
-        return {"results": await service.explain(uploads)}
+            figure = await service.unless_disconnected(request, service.explain_figure(*uploads[0]))
+            return Response(figure, media_type="image/png")
+        return {"results": await service.unless_disconnected(request, service.explain(uploads))}
 
     @app.get("/v1/model", summary="The model card: taxonomy, trunk, preprocessing, training and metrics")
     async def model_card() -> dict[str, Any]:
@@ -168,6 +180,9 @@ class _Service:
             max_batch=settings.max_batch or max(BATCH_CANDIDATES), max_wait_ms=settings.batch_wait_ms,
             max_queue=settings.max_queue)
         self.batch_probe: dict[int, float] | None = None
+        self.budget = PixelBudget(settings.max_pixels_in_flight)
+        self.decoded_images = 0
+        self.abandoned_requests = 0
         self._pool: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -197,22 +212,72 @@ class _Service:
     def batching(self) -> dict[str, Any]:
         probe = None if self.batch_probe is None else {str(k): v for k, v in self.batch_probe.items()}
         return {"max_batch": self.batcher.max_batch, "batch_wait_ms": self.batcher.max_wait_ms,
-                "measured_images_per_second": probe, **self.batcher.stats.to_dict()}
+                "measured_images_per_second": probe, **self.batcher.stats.to_dict(), **self.budget.to_dict(),
+                "decoded_images": self.decoded_images, "abandoned_requests": self.abandoned_requests}
 
     async def _in_pool(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._pool is None:
             raise RuntimeError("the service is not started (the app's lifespan starts it)")
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
-    async def _decode_all(self, uploads: list[tuple[str, bytes]],
-                          convert: Callable[[Image.Image], Any] = lambda image: image) -> list[Any]:
-        """Decode every upload in the pool; any failure fails the request with every bad file named."""
+    async def unless_disconnected(self, request: Request, work: Awaitable[T]) -> T:
+        """Await ``work``, cancelling it when the client goes away: undecoded images are never decoded and
+        queued ones never reach the model (the batcher skips cancelled jobs)."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return task.result()
+                if await request.is_disconnected():
+                    self.abandoned_requests += 1
+                    raise HTTPException(499, "the client disconnected")  # nobody reads it; the work stops
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
-        def decode(name: str, data: bytes) -> Any:
-            return convert(decode_image(data, name=name, max_pixels=self.settings.max_pixels))
+    async def _decode_all(self, uploads: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        """Every upload as the model's ``3xSxS`` uint8 input; a failure fails the request, naming every bad file.
 
-        outcomes = await asyncio.gather(*(self._in_pool(decode, name, data) for name, data in uploads),
-                                        return_exceptions=True)
+        Headers first: the pixels decoding will allocate (JPEGs at a reduced scale) are charged against the
+        request's and the server's budgets before any pixel is decoded; each image's share is given back as
+        soon as it is resized, and the full-size image is dropped then.
+        """
+        size = self.model.preprocessing.image_size
+
+        def open_one(name: str, data: bytes) -> Image.Image:
+            return open_image(data, name=name, max_pixels=self.settings.max_pixels, reduce_to=size)
+
+        def decode_one(name: str, image: Image.Image) -> torch.Tensor:
+            tensor = self.model.preprocessing.load(finish_decoding(image, name=name, reduce_to=size))
+            self.decoded_images += 1
+            return tensor
+
+        opened = await self._gather_images([self._in_pool(open_one, name, data) for name, data in uploads])
+        costs = [image.width * image.height for image in opened]
+        if sum(costs) > self.settings.max_request_pixels:
+            raise HTTPException(422, f"the {len(uploads)} images hold {sum(costs):,} pixels to decode, more than the "
+                                     f"limit of {self.settings.max_request_pixels:,} per request: send fewer or "
+                                     "smaller images")
+        if not self.budget.try_acquire(sum(costs)):
+            raise QueueFullError(f"{self.budget.in_use:,} pixels are being decoded (the limit is "
+                                 f"{self.budget.limit:,}); retry in a moment")
+        if self._pool is None:
+            self.budget.release(sum(costs))
+            raise RuntimeError("the service is not started (the app's lifespan starts it)")
+        pending = []
+        for (name, _), image, cost in zip(uploads, opened, costs):
+            future = self._pool.submit(decode_one, name, image)
+            future.add_done_callback(lambda _f, cost=cost: self.budget.release(cost))  # ran, failed or cancelled
+            pending.append(asyncio.wrap_future(future))
+        del opened  # each image now lives only in its decoding job
+        return await self._gather_images(pending)
+
+    @staticmethod
+    async def _gather_images(jobs: list[Awaitable[Any]]) -> list[Any]:
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         problems = [str(outcome) for outcome in outcomes if isinstance(outcome, ImageError)]
         if problems:
             raise HTTPException(422, "; ".join(problems))
@@ -222,7 +287,7 @@ class _Service:
         return outcomes
 
     async def classify(self, uploads: list[tuple[str, bytes]], top_k: int = 1) -> list[dict[str, Any]]:
-        tensors = await self._decode_all(uploads, self.model.preprocessing.load)
+        tensors = await self._decode_all(uploads)
         predictions = await self.batcher.submit(torch.stack(tensors))
         records = []
         for (name, _), prediction in zip(uploads, predictions):
@@ -233,12 +298,13 @@ class _Service:
         return records
 
     async def explain(self, uploads: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
-        images = await self._decode_all(uploads)
+        images = await self._decode_all(uploads)  # 3xSxS each: Grad-CAM draws at the model's input size
         records = []
         for (name, _), image in zip(uploads, images):
             explanation: Explanation = await self.batcher.call(explain, image, self.model)
             gradcam = await self._in_pool(_gradcam_images, explanation)
             records.append({**FileResult(name, explanation.prediction).to_dict(), "gradcam": gradcam})
+            del explanation  # only the PNGs are kept
         return records
 
     async def explain_figure(self, name: str, data: bytes) -> bytes:
@@ -253,7 +319,7 @@ def _gradcam_images(explanation: Explanation) -> dict[str, str]:
             "subtype": png_data_url(overlay(image, explanation.subtype_map))}
 
 
-def _figure_png(image: Image.Image, model: MultiHeadModel) -> bytes:
+def _figure_png(image: torch.Tensor, model: MultiHeadModel) -> bytes:
     figure = plot_explanation(explain(image, model))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -307,17 +373,48 @@ class _BodyLimit:
                     scope, receive, send)
                 return
         received = 0
+        body_done = False
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal received
+            nonlocal received, body_done
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:  # raised inside the route's body parsing: becomes the 413
-                    raise HTTPException(413, self._too_large())
+                body_done = not message.get("more_body", False)
+                if received > self.max_bytes:  # raised inside the route's body parsing: becomes the 413, and
+                    # the connection closes rather than reading the rest of an endless chunked body
+                    raise HTTPException(413, self._too_large(), headers={"Connection": "close"})
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def closing_send(message: dict[str, Any]) -> None:
+            # Any answer given before the body is in (a 413, or a 400 for a body that is no multipart) closes
+            # the connection: otherwise the server would read the rest of the body to find the next request.
+            if message["type"] == "http.response.start" and not body_done:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, counting_receive, closing_send)
+
+
+class _HostCheck:
+    """400 unless the Host header names one of ``allowed`` (with any port): a page on another site cannot reach a
+    loopback server through a DNS name rebound to 127.0.0.1."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], allowed: tuple[str, ...]) -> None:
+        self.app, self.allowed = app, {host.lower().strip("[]") for host in allowed}
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name not in self.allowed:
+                await JSONResponse({"detail": f"Host header {host[:100]!r} is not one this server answers to "
+                                              f"({', '.join(sorted(self.allowed))})"}, 400,
+                                   headers={"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

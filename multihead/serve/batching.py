@@ -38,16 +38,20 @@ class QueueFullError(RuntimeError):
 
 @dataclass
 class BatchStats:
-    """Counters since start: how much batching actually happened."""
+    """Counters since start: how much batching actually happened, counted in forward passes (a request larger
+    than ``max_batch`` runs in several)."""
 
     requests: int = 0
+    """Jobs answered (a request's images are one job)."""
     images: int = 0
     batches: int = 0
+    """Forward passes run."""
     combined_batches: int = 0
-    """Batches that served more than one request: the ones batching made."""
+    """Forward passes that served more than one request: the ones batching made."""
     largest_batch: int = 0
     """Most images in one forward pass."""
     most_requests_in_batch: int = 0
+    """Most requests served by one forward pass."""
 
     def to_dict(self) -> dict[str, Any]:
         mean = self.images / self.batches if self.batches else 0.0
@@ -199,13 +203,23 @@ class MicroBatcher(Generic[T]):
             if not job.future.done():
                 job.future.set_result(list(answers[start:start + count]))
             start += count
-        stats = self.stats
+        self._count(jobs, batch.shape[0])
+
+    def _count(self, jobs: list[_Job], total: int) -> None:
+        """Add the forward passes ``_run_in_passes`` made of these jobs to the counters."""
+        stats, ends = self.stats, []
+        for job in jobs:
+            ends.append((ends[-1] if ends else 0) + job.images.shape[0])
         stats.requests += len(jobs)
-        stats.images += batch.shape[0]
-        stats.batches += 1
-        stats.combined_batches += len(jobs) > 1
-        stats.largest_batch = max(stats.largest_batch, batch.shape[0])
-        stats.most_requests_in_batch = max(stats.most_requests_in_batch, len(jobs))
+        stats.images += total
+        for begin in range(0, total, self.max_batch):
+            end = min(begin + self.max_batch, total)
+            starts = [0, *ends[:-1]]
+            served = sum(1 for start, stop in zip(starts, ends) if start < end and stop > begin)
+            stats.batches += 1
+            stats.combined_batches += served > 1
+            stats.largest_batch = max(stats.largest_batch, end - begin)
+            stats.most_requests_in_batch = max(stats.most_requests_in_batch, served)
 
 
 def fastest_batch_size(run: Callable[[torch.Tensor], Any], example: torch.Tensor,

@@ -39,6 +39,11 @@ class TrainConfig:
     standardize: bool = True
     # probabilities: temperature scaling on the validation split after training (changes no prediction)
     calibrate: bool = True
+    # trust: the accuracy asked of the answers kept in full, at 95 % confidence where the validation split is
+    # large enough to certify it, by plain validation accuracy where not (multihead.model.thresholds);
+    # abstain=False keeps every answer (thresholds 0; out-of-distribution images are still flagged)
+    target_accuracy: float = 0.99
+    abstain: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -48,6 +53,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 < self.target_accuracy <= 1.0:
+            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if not isinstance(self.stages, str):

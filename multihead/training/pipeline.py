@@ -16,6 +16,7 @@ from ..data.scan import DatasetScan, scan_dataset
 from ..data.splits import Split, make_split
 from ..data.views import VIEWS
 from ..evaluation.metrics import feature_metrics
+from ..evaluation.trust_state import describe_trust
 from ..features.dataset import FeatureSet, dataset_features
 from ..model.heads import MultiHeadModel, create_model
 from ..model.trunk import TrunkWeights
@@ -66,6 +67,8 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     stage = on_stage or (lambda name: log.info("%s", name))
     started = time.perf_counter()
     scan = scan_dataset(data_dir, taxonomy)
+    if scan.given_root is not None:
+        stage(f"using {scan.root}, the data folder inside {scan.given_root}")
     stage(f"found {len(scan.records)} images in {len(scan.taxonomy.organs) - len(scan.empty_organs)} organs"
           + (f"; no images for {', '.join(scan.empty_organs)}" if scan.empty_organs else ""))
     if isinstance(split, (str, os.PathLike)):
@@ -100,18 +103,15 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     calibration = None
     if config.calibrate and len(sets["val"]):
         calibration = fit_temperatures(model, sets["val"])
-        stage(f"temperature scaling on the validation split: {calibration}")
-    trust = fit_trust(model, sets["train"], sets["val"]) if len(sets["train"]) > 1 else None
-    if trust is not None and "selective" in trust:
-        selective = trust["selective"]
-        kept = (f"keep {selective['coverage']:.1%} of the validation images, {selective['accuracy_kept']:.1%} right"
-                if selective["coverage"] > 0 else "no threshold reaches the target accuracy on validation, so "
-                "subtype answers are withheld (status organ_only)")
-        stage(f"trust: P(organ) >= {selective['router_threshold']:.3f} and P(subtype | organ) >= "
-              f"{selective['subtype_threshold']:.3f} {kept}; out-of-distribution above {trust['ood']['threshold']:.1f}")
+    trust = None
+    if len(sets["train"]) > 1:
+        trust = fit_trust(model, sets["train"], sets["val"], target_accuracy=config.target_accuracy,
+                          abstain=config.abstain)
+    for line in describe_trust({"calibration": calibration, "trust": trust}):
+        stage(line)
     model.metadata = {
         "training": {"config": config.to_dict(), "trunk_weights": str(trunk_weights), "data_dir": str(data_dir),
-                     "timings": timings},
+                     "data_root": str(scan.root), "timings": timings},
         "history": history,
         "split": {"info": split.info, "files": split.assignment},
         "available_organs": list(model.available_organs),

@@ -1,0 +1,65 @@
+"""Write a small, documented set of images that are none of the organs, made offline: uniform and Gaussian
+noise, text rendered with PIL, and synthetic patterns (checkerboards, stripes, gradients, circles).
+Photographs (the trust page's scikit-image set) are not available here, so they are not part of this set.
+
+    python benchmarks/trust/make_unknowns.py /tmp/unknowns     # 96 PNG files, 512x512, seeded
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 512
+TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. Invoice 2024-03 total due 1,284.00 EUR. "
+        "The quick brown fox jumps over the lazy dog. Patient consent form, page 2 of 4.")
+WORDS = TEXT.split(" ")
+
+
+def _noise(rng: np.random.Generator, i: int) -> Image.Image:
+    uniform = rng.integers(0, 256, (SIZE, SIZE, 3)) if i % 2 else None
+    pixels = uniform if uniform is not None else np.clip(rng.normal(128, 40, (SIZE, SIZE, 3)), 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def _text(rng: np.random.Generator, i: int) -> Image.Image:
+    image = Image.new("RGB", (SIZE, SIZE), tuple(int(v) for v in rng.integers(200, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for line in range(int(rng.integers(10, 30))):
+        words = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9))))
+        draw.text((10, 10 + line * 16), words, fill=tuple(int(v) for v in rng.integers(0, 80, 3)))
+    return image
+
+
+def _pattern(rng: np.random.Generator, i: int) -> Image.Image:
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    kind = i % 4
+    period = int(rng.integers(8, 64))
+    if kind == 0:
+        mask = ((x // period + y // period) % 2).astype(float)
+    elif kind == 1:
+        mask = (np.sin(2 * np.pi * (x * np.cos(i) + y * np.sin(i)) / period) > 0).astype(float)
+    elif kind == 2:
+        mask = (x + y) / (2 * SIZE)
+    else:
+        mask = (((x - SIZE / 2) ** 2 + (y - SIZE / 2) ** 2) ** 0.5 // period % 2).astype(float)
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    pixels = a * mask[..., None] + b * (1 - mask[..., None])
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/unknowns")
+    rng = np.random.default_rng(0)
+    for kind, make in (("noise", _noise), ("text", _text), ("pattern", _pattern)):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(32):
+            make(rng, i).save(out / kind / f"{kind}_{i:02d}.png")
+    print(f"wrote 96 images to {out}")
+
+
+if __name__ == "__main__":
+    main()

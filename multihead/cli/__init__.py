@@ -1,0 +1,24 @@
+"""The ``multihead`` command: a thin typer layer over the library, one module per group of commands.
+
+Exit codes: 0 everything worked; 1 an error stopped the command (one line on stderr says why);
+2 the command line was wrong; 3 the command ran but some inputs failed (listed in the output).
+Each command imports the library only when it runs, so ``multihead --help`` needs no torch.
+"""
+
+from __future__ import annotations
+
+from ._app import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, app
+from .benchmarking import benchmark
+from .checkpoints import evaluate, export, info
+from .predicting import classify, explain, extract
+from .serving import serve
+from .training import train
+
+__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "app", "main"]
+
+for _command in (classify, extract, info, export, evaluate, explain, serve, benchmark, train):
+    app.command()(_command)  # in this order in --help
+
+
+def main() -> None:  # pragma: no cover - console script entry point
+    app()

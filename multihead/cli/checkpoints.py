@@ -1,0 +1,138 @@
+"""Checkpoints from the command line: ``info`` (the header, without tensors), ``export`` (ONNX) and
+``evaluate`` (the paper's metrics and the report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ._app import (
+    EXIT_PARTIAL,
+    _library_errors,
+    _one_of,
+    _shown,
+    console,
+    err_console,
+)
+
+
+@_library_errors
+def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: the default model.")] = None) -> None:
+    """Describe a checkpoint (taxonomy, trunk, preprocessing, training) without loading its tensors."""
+    from ..model.checkpoint import read_header
+    from ..model.locate import locate_model
+
+    path = locate_model(model)
+    header = read_header(path)  # checked against the header schema: every field below has its type
+    trunk, taxonomy = header["trunk"], header["taxonomy"]
+    stages = f" (pooled from {_shown(', '.join(trunk['stages']))} and the output)" if trunk.get("stages") else ""
+    console.print(f"[bold]{_shown(path)}[/] (checkpoint format {header['format_version']})", highlight=False)
+    console.print(f"trunk: {_shown(trunk['name'])} ({_shown(trunk.get('source'))}), weights "
+                  f"{_shown(trunk.get('weights_id') or 'embedded')}, fingerprint {trunk['fingerprint'][:16]}..., "
+                  f"{trunk['num_features']} features{stages}", highlight=False)
+    console.print(f"preprocessing: {_shown(header['preprocessing'].describe())}", highlight=False)
+    table = Table("organ", "display name", "subtypes")
+    for organ in taxonomy.organs:
+        table.add_row(_shown(organ.name), _shown(organ.display_name), _shown(", ".join(organ.subtype_names)))
+    console.print(table)
+    metadata = header["metadata"]
+    if metadata.get("available_organs"):
+        console.print(f"answers only: {_shown(', '.join(metadata['available_organs']))}", highlight=False)
+    if "training" in metadata:
+        config = json.dumps(metadata["training"].get("config") or {}, default=str)
+        console.print(f"training: {_shown(config)}", highlight=False, soft_wrap=True)
+    if metadata.get("metrics"):
+        scores = Table("split", "images", "router accuracy", "subtype accuracy (end to end)", title="metrics")
+        counts = metadata.get("counts") or {}
+        for split, values in metadata["metrics"].items():
+            scores.add_row(_shown(split), str(counts.get(split, "")),
+                           f"{values['router_accuracy']:.4f}", f"{values['accuracy']:.4f}")
+        console.print(scores)
+    from ..evaluation.trust_state import describe_trust  # the trust state: thresholds, calibration, OOD
+    for line in describe_trust(metadata):
+        console.print(escape(line), highlight=False, soft_wrap=True)
+
+@_library_errors
+def export(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to export.", exists=True, dir_okay=False)],
+    export_format: Annotated[str, typer.Option("--format", callback=_one_of("onnx"), help="onnx: one graph that "
+                                               "ONNX Runtime and OpenVINO both read.")] = "onnx",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: MODEL.onnx).")] = None,
+    opset: Annotated[int, typer.Option(min=18, max=20, help="ONNX opset.")] = 18,
+) -> None:
+    """Export a checkpoint as one ONNX graph: uint8 images in; features, logits and joint log-probabilities out.
+
+    The checkpoint's taxonomy, preprocessing and fingerprints travel in the file's metadata (docs/benchmarks.md).
+    """
+    from ..inference.export import export_onnx
+    from ..model.checkpoint import load
+
+    if export_format != "onnx":
+        raise ValueError(f"--format must be onnx (OpenVINO reads the ONNX file as it is), got {export_format!r}")
+    written = export_onnx(load(model), out or model.with_suffix(".onnx"), opset=opset)
+    console.print(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MiB, opset {opset})", highlight=False)
+
+@_library_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.", exists=True, dir_okay=False)],
+    data_dir: Annotated[Path, typer.Argument(help="Folder of <organ>/<subtype>/<image> files.", exists=True,
+                                             file_okay=False)],
+    report: Annotated[Path, typer.Option("--report", help="Folder for report.md, report.json and figures.")],
+    split: Annotated[Path | None, typer.Option(help="Split file; without it every image is evaluated.",
+                                               exists=True, dir_okay=False)] = None,
+    subset: Annotated[str, typer.Option(help="train, val or test (with --split).")] = "test",
+    compare: Annotated[list[Path] | None, typer.Option(help="Baseline checkpoints to put beside this model.",
+                                                       exists=True, dir_okay=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print report.json to stdout.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Folder of images that are none of the organs: report how "
+                                                  "well the model rejects them (AUROC, FPR at 95% TPR).",
+                                             exists=True, file_okay=False)] = None,
+) -> None:
+    """The paper's metrics per organ and subtype, beside the paper's numbers and any baselines."""
+    from ..data.splits import Split
+    from ..evaluation.evaluate import evaluate_folder
+    from ..evaluation.reports import markdown_report, write_report
+    from ..model.checkpoint import load
+
+    chosen = Split.load(split) if split else None
+    loaded = load(model)
+    result, failures = evaluate_folder(loaded, data_dir, split=chosen, subset=subset, cache_dir=cache_dir)
+    val_result = None
+    if chosen is not None and subset == "test" and chosen.files("val"):
+        val_result, _ = evaluate_folder(loaded, data_dir, split=chosen, subset="val", cache_dir=cache_dir)
+    others = {}
+    for path in compare or []:
+        other = load(path)
+        others[f"{path.stem} ({other.metadata.get('training', {}).get('config', {}).get('method', '?')})"] = (
+            evaluate_folder(other, data_dir, split=chosen, subset=subset, cache_dir=cache_dir)[0])
+    result["compare"] = others
+    training = loaded.metadata.get("training", {})
+    info = {"path": str(model), "trunk": loaded.trunk.name, "config": training.get("config", {})}
+    text = markdown_report(result, title=f"Evaluation of {model.name}", model_info=info, val_report=val_result,
+                           compare=others)
+    if ood is not None:
+        from ..evaluation.trust import ood_report
+
+        result["ood"] = ood_report(loaded, data_dir, ood, split=chosen, subset=subset, cache_dir=cache_dir)
+        text += _ood_markdown(result["ood"], ood)
+    written = write_report(report, result, loaded.taxonomy, history=loaded.metadata.get("history", []),
+                           markdown=text)
+    typer.echo(text)
+    if as_json:
+        typer.echo(json.dumps(result, default=float))
+    err_console.print(f"wrote {len(written)} files to {report}")
+    if failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+def _ood_markdown(report: dict[str, Any], folder: Path) -> str:
+    return (f"\n## Out of distribution\n\n{report['n_out']} images from `{folder}` against {report['n_in']} "
+            f"{report['subset']} images ({report['score']} score): AUROC {report['auroc']:.4f}, "
+            f"FPR at 95 % TPR {100 * report['fpr_at_95_tpr']:.1f} %. At the model's threshold "
+            f"({report['threshold']:.1f}) {100 * report['flagged_out']:.1f} % of them are flagged, and "
+            f"{100 * report['flagged_in']:.1f} % of the {report['subset']} images.\n")
