@@ -102,7 +102,7 @@ def test_taxonomy_that_does_not_match_heads(tiny_model, tmp_path):
 
 def test_trunk_fingerprint_mismatch(tiny_model, tmp_path):
     multihead.save(tiny_model, tmp_path / "m.safetensors")
-    conv = tiny_model.trunk.network.conv1.weight.detach().clone() + 1
+    conv = tiny_model.trunk.network.conv1.weight.detach().contiguous() + 1  # channels_last after a torch run
     _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", tensors_update={"trunk.conv1.weight": conv})
     with pytest.raises(CheckpointError, match="fingerprint"):
         multihead.load(tmp_path / "bad.safetensors")

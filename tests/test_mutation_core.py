@@ -302,7 +302,8 @@ def test_ood_score_uses_the_nearest_answered_organ_and_its_scale():
                                                              features[:MIN_SCALE_IMAGES - 1],
                                                              torch.tensor([0] * (MIN_SCALE_IMAGES - 1)),
                                                              organ_mask=torch.tensor([True, False, False]))
-    assert fewer.scale_rules_ == {} and fewer.organ_scale.tolist() == [1.0, 1.0, 1.0]
+    # issue 19: fewer validation images than MIN_SCALE_IMAGES: a scale shrunk toward 1 (tests/test_ood_small_organs.py)
+    assert fewer.scale_rules_ == {0: "shrunk"} and fewer.organ_scale.tolist()[1:] == [1.0, 1.0]
     with pytest.raises(ValueError, match=r"tpr must be in \(0, 1\), got 1.0"):
         MahalanobisOOD(num_features=3, num_organs=3).fit(features, organs, organ_mask=torch.ones(3).bool(), tpr=1.0)
     with pytest.raises(ValueError, match="needs training images; got 1"):
@@ -411,8 +412,8 @@ def test_fit_ood_reports_what_it_fitted(posthoc_data):
     assert fit_ood(_fresh(trained), train)["threshold_from"] == "train"
     assert fit_ood(_fresh(trained), train, val.subset([]))["threshold_from"] == "train"
     small = fit_ood(_fresh(trained), train, val.subset(val.relpaths[:1]))
-    assert small["threshold_from"] == "val" and small["scale_rule"] == dict.fromkeys(trained_organs, "pooled")
-    assert fit_ood(_fresh(trained), train, val)["tpr"] == 0.95  # DEFAULT_TPR
+    assert small["threshold_from"] == "val" and small["scale_rule"] == dict.fromkeys(trained_organs, "shrunk")
+    assert fit_ood(_fresh(trained), train, val)["tpr"] == 0.99  # DEFAULT_TPR (0.95 before issue 19)
 
 
 def test_fit_thresholds_reports_its_rules_and_certification(posthoc_data):

@@ -13,7 +13,7 @@ from multihead.inference import InferenceConfig
 from multihead.model.checkpoint import CheckpointError
 from multihead.model.trunk import create_trunk
 from multihead.training import TrainConfig, fit_heads
-from multihead.training.heads import _fold_standardization
+from multihead.training.heads import fold_standardization
 
 
 def test_auto_stages_append_the_pooled_stage_outputs():
@@ -103,7 +103,7 @@ def test_folding_the_standardisation_keeps_every_output(tiny_model):
     mean, std = features.mean(0), features.std(0)
     with torch.no_grad():
         on_standardized = model.forward_heads((features - mean) / std).joint_log_probs
-        _fold_standardization(model, mean, std)
+        fold_standardization(model, mean, std)
         on_raw = model.forward_heads(features).joint_log_probs
     torch.testing.assert_close(on_raw, on_standardized, rtol=1e-4, atol=1e-4)
 

@@ -1,8 +1,10 @@
 """Write a small, documented set of images that are none of the organs, made offline: uniform and Gaussian
-noise, text rendered with PIL, and synthetic patterns (checkerboards, stripes, gradients, circles).
-Photographs (the trust page's scikit-image set) are not available here, so they are not part of this set.
+noise, text rendered with PIL, synthetic patterns (checkerboards, stripes, gradients, circles), and the
+photographs that the installed packages bundle (scikit-learn's ``china.jpg`` and ``flower.jpg``, matplotlib's
+``grace_hopper.jpg`` and ``Minduka_Present_Blue_Pack.png``), each whole and as its four quadrants. The trust
+page's scikit-image photographs are not installed here, so these stand in for them.
 
-    python benchmarks/trust/make_unknowns.py /tmp/unknowns     # 96 PNG files, 512x512, seeded
+    python benchmarks/trust/make_unknowns.py /tmp/unknowns     # 96 PNG files, 512x512, seeded, + 20 photographs
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ def _pattern(rng: np.random.Generator, i: int) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8))
 
 
+def _photographs() -> list[tuple[str, Image.Image]]:
+    """The photographs bundled with scikit-learn and matplotlib (whichever are installed)."""
+    found = []
+    for module, folder, names in (("sklearn.datasets", "images", ("china.jpg", "flower.jpg")),
+                                  ("matplotlib", "mpl-data/sample_data",
+                                   ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"))):
+        try:
+            base = Path(__import__(module, fromlist=["_"]).__file__).parent / folder
+        except ImportError:
+            continue
+        found += [(name, Image.open(base / name).convert("RGB")) for name in names if (base / name).is_file()]
+    return found
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/unknowns")
     rng = np.random.default_rng(0)
@@ -58,7 +74,15 @@ def main() -> None:
         (out / kind).mkdir(parents=True, exist_ok=True)
         for i in range(32):
             make(rng, i).save(out / kind / f"{kind}_{i:02d}.png")
-    print(f"wrote 96 images to {out}")
+    (out / "photo").mkdir(parents=True, exist_ok=True)
+    photos = _photographs()
+    for name, image in photos:
+        stem = Path(name).stem
+        image.save(out / "photo" / f"{stem}.png")
+        w, h = image.size
+        for i, (x, y) in enumerate(((0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2))):
+            image.crop((x, y, x + w // 2, y + h // 2)).save(out / "photo" / f"{stem}_q{i}.png")
+    print(f"wrote {96 + 5 * len(photos)} images to {out} ({len(photos)} photographs, each whole and in quadrants)")
 
 
 if __name__ == "__main__":

@@ -106,9 +106,10 @@ def build_system(name: str, *, device: str | torch.device = "cpu", image_size: i
                  taxonomy: Taxonomy = MULTI_CANCER, seed: int = 0, backend: str = "torch") -> BenchSystem:
     """Build one system with random weights, on ``device``, optionally channels_last and ``torch.compile``-d.
 
-    ``channels_last`` lays out the input only, as :func:`run_features` does; ``channels_last_weights``
-    also converts the networks' weights (a step the library leaves to the caller). ``backend`` runs the
-    trunk of ``multihead`` and ``trunk_only`` (see :mod:`multihead.inference.backends`); the baselines need ``"torch"``.
+    ``channels_last`` lays out the input (and, for ``multihead`` and ``trunk_only``, :func:`run_features` then
+    lays out the trunk's weights to match); ``channels_last_weights`` converts the networks' weights up front.
+    ``backend`` runs the trunk of ``multihead`` and ``trunk_only`` (see :mod:`multihead.inference.backends`); the
+    baselines need ``"torch"``.
 
     Example:
         >>> system = build_system("trunk_only", image_size=64)

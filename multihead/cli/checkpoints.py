@@ -35,6 +35,9 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
     console.print(f"trunk: {_shown(trunk['name'])} ({_shown(trunk.get('source'))}), weights "
                   f"{_shown(trunk.get('weights_id') or 'embedded')}, fingerprint {trunk['fingerprint'][:16]}..., "
                   f"{trunk['num_features']} features{stages}", highlight=False)
+    if trunk.get("tuned_from"):
+        console.print(f"tuned: the trunk's stages from {_shown(trunk['tuned_from'])} up were trained with the heads "
+                      "(embedded weights); the stages below are the published weights, frozen", highlight=False)
     console.print(f"preprocessing: {_shown(header['preprocessing'].describe())}", highlight=False)
     table = Table("organ", "display name", "subtypes")
     for organ in taxonomy.organs:

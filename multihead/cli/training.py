@@ -73,8 +73,18 @@ def train(
                                "accuracy (docs/trust.md).")] = None,
     no_abstain: Annotated[bool, typer.Option("--no-abstain", help="Keep every answer (thresholds 0); images "
                                                                   "out of distribution are still flagged.")] = False,
+    tune_from: Annotated[str | None, typer.Option(
+        help="Tune the shared trunk's top jointly with the heads: none (frozen, the default), auto (the last "
+             "stages: MobileNetV2 features.14, ResNet layer4), a module name to tune from, or stem (the whole "
+             "trunk; best on a GPU). Below it the trunk stays frozen and its maps are cached.")] = None,
+    tune_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of tuning (after the heads' warm-up).")
+                           ] = None,
+    tune_lr: Annotated[float | None, typer.Option(min=0.0, help="AdamW learning rate of the tuned stages.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N: where to train (tuning is what a GPU speeds up).")
+                      ] = "cpu",
 ) -> None:
-    """Train the router and heads on cached features of a frozen trunk; writes the checkpoint and its split.
+    """Train the router and heads on cached features of a frozen trunk (or, with --tune-from, the trunk's top
+    stages with them); writes the checkpoint and its split.
 
     DATA_DIR may be the download folder itself: folders that hold only one folder are walked down.
     """
@@ -86,9 +96,13 @@ def train(
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                      views=views, image_size=image_size, stages=stages,
-                                      target_accuracy=target_accuracy, abstain=False if no_abstain else None)
+    try:  # options that cannot go together are a wrong command line (exit 2), like an unknown option
+        config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                          views=views, image_size=image_size, stages=stages,
+                                          target_accuracy=target_accuracy, abstain=False if no_abstain else None,
+                                          tune_from=tune_from, tune_epochs=tune_epochs, tune_lr=tune_lr)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     weights = None if trunk_weights.lower() == "none" else trunk_weights
     epochs_table = Table("part", "epoch", "train loss", "train router", "train acc", "val loss", "val router",
                          "val acc", "", title="training")
@@ -113,8 +127,8 @@ def train(
 
         def on_epoch(record: dict[str, Any]) -> None:
             tr, va = record["train"], record.get("val", {})
-            cells = [f"{tr['loss']:.3f}", f"{tr['router_accuracy']:.3f}", f"{tr['accuracy']:.3f}"]
-            cells += [f"{va[k]:.3f}" for k in ("loss", "router_accuracy", "accuracy")] if va else ["", "", ""]
+            keys = ("loss", "router_accuracy", "accuracy")  # a tuning epoch reports its training loss only
+            cells = [f"{part[k]:.3f}" if k in part else "" for part in (tr, va) for k in keys]
             best = "best" if record.get("best") else ""
             epochs_table.add_row(str(record["part"]), str(record["epoch"]), *cells, best)
             if plain:
@@ -124,8 +138,8 @@ def train(
         result = train_from_folder(
             data_dir, config=config, trunk=trunk, trunk_weights=weights,
             taxonomy="from-folders" if taxonomy == "from-folders" else None, split=split, cache_dir=cache_dir,
-            on_stage=lambda text: err_console.print(text, highlight=False, soft_wrap=True), on_progress=on_progress,
-            on_epoch=on_epoch)
+            device=device, on_stage=lambda text: err_console.print(text, highlight=False, soft_wrap=True),
+            on_progress=on_progress, on_epoch=on_epoch)
     console.print(epochs_table)
     if result.failures:
         err_console.print(f"skipped {len(result.failures)} unreadable files:")

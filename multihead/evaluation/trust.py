@@ -17,9 +17,12 @@ from ..features.dataset import FeatureSet, dataset_features
 from ..features.extract import extract_features
 from ..model.decision import Status, subtype_confidence
 from ..model.heads import MultiHeadModel
-from ..model.ood import DEFAULT_TPR
 
 __all__ = ["ood_metrics", "ood_report", "reliability", "risk_coverage", "selective_report", "selective_scores"]
+
+METRIC_TPR = 0.95
+"""The TPR at which :func:`ood_metrics` reports the FPR (``fpr_at_95_tpr``), apart from the model's own
+threshold (:data:`multihead.model.ood.DEFAULT_TPR`)."""
 
 
 def selective_scores(model: MultiHeadModel, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -86,8 +89,9 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 15
     return rows
 
 
-def ood_metrics(in_scores: np.ndarray, out_scores: np.ndarray, *, tpr: float = DEFAULT_TPR) -> dict[str, float]:
-    """AUROC (unknowns score higher) and the share of unknowns kept at ``tpr`` of the known (FPR at TPR)."""
+def ood_metrics(in_scores: np.ndarray, out_scores: np.ndarray, *, tpr: float = METRIC_TPR) -> dict[str, float]:
+    """AUROC (unknowns score higher) and the share of unknowns kept at ``tpr`` of the known (FPR at TPR; by
+    default at 95 % TPR, the usual measure, whatever share the model's own threshold keeps)."""
     from sklearn.metrics import roc_auc_score
 
     in_scores, out_scores = np.asarray(in_scores, dtype=float), np.asarray(out_scores, dtype=float)

@@ -70,9 +70,13 @@ def _ood(ood: Mapping[str, Any] | None) -> list[str]:
             f"{float(ood['threshold']):.1f} (keeps {float(ood.get('tpr', 0.95)):.0%} of the "
             f"{ood.get('threshold_from')} images)")
     small = ood.get("scale_rule", {})
-    shrunk = [organ for organ, rule in small.items() if rule != "own"]
+    shrunk = [organ for organ, rule in small.items() if rule == "shrunk"]
+    pooled = [organ for organ, rule in small.items() if rule not in ("own", "shrunk")]
     if shrunk:
-        line += f"; pooled scale (too few validation images for their own) for {', '.join(shrunk)}"
+        line += (f"; scale shrunk toward the pooled one (too few validation images for their own) for "
+                 f"{', '.join(shrunk)}")
+    if pooled:
+        line += f"; pooled scale (too few validation images for their own) for {', '.join(pooled)}"
     return [line]
 
 

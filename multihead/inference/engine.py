@@ -8,6 +8,8 @@ bytes), and are normalised there; the trunk may run in reduced precision, the he
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .._precision import PRECISIONS
@@ -15,16 +17,48 @@ from ..model.heads import HeadOutput, MultiHeadModel
 from .backends import runtime_for
 from .config import InferenceConfig
 
-__all__ = ["run_batch", "run_features"]
+__all__ = ["match_weight_layout", "run_batch", "run_features"]
+
+_LAYOUT_LOCK = threading.Lock()
+
+
+def match_weight_layout(model: MultiHeadModel, channels_last: bool) -> bool:
+    """Lay out the trunk's 4-d weights channels_last (or contiguous) unless they already are; returns whether
+    anything was converted. Idempotent and thread-safe; the values do not change, nor the ``Parameter``
+    objects (``module.to(memory_format=...)`` swaps their data), and the new tensors are ordinary ones even
+    when called inside ``torch.inference_mode`` (so Grad-CAM and tuning still work on the model afterwards).
+
+    Example:
+        >>> model = multihead.create_model("resnet18", trunk_weights=None)  # doctest: +SKIP
+        >>> match_weight_layout(model, True), match_weight_layout(model, True)  # doctest: +SKIP
+        (True, False)
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    network = model.trunk
+    if all(t.is_contiguous(memory_format=memory_format) for t in _four_d(network)):
+        return False
+    with _LAYOUT_LOCK, torch.inference_mode(False), torch.no_grad():
+        if all(t.is_contiguous(memory_format=memory_format) for t in _four_d(network)):
+            return False
+        network.to(memory_format=memory_format)
+    return True
+
+
+def _four_d(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [t for t in (*module.parameters(), *module.buffers()) if t.dim() == 4]
 
 
 def run_features(model: MultiHeadModel, batch: torch.Tensor,
                  config: InferenceConfig = InferenceConfig()) -> torch.Tensor:
     """A uint8 batch ``[B, 3, S, S]`` (any device) -> float32 pooled trunk features, under ``inference_mode``.
 
-    ``channels_last`` lays out the input only; the model is never changed here. Converting it too
-    (``model.to(memory_format=torch.channels_last)``) is faster still, but its conv weights then need
-    ``.contiguous()`` before safetensors' ``save_file`` (:func:`multihead.save` already does that).
+    On the torch backend the trunk's convolution weights take the memory layout of the input, as timm's
+    benchmark does: with ``channels_last`` (the CPU default) they are laid out channels_last on the first
+    call, and back to contiguous for a call without it (:func:`match_weight_layout`). That is the one change
+    made to the model: values, dtypes, devices, the ``Parameter`` objects, the fingerprint and the files
+    :func:`multihead.save` writes stay the same; only the strides of the 4-d weights differ, so code of your own
+    that needs ``is_contiguous()`` weights (safetensors' ``save_file`` on a raw ``state_dict()``, ``.view``)
+    should call ``.contiguous()`` or run with ``channels_last=False`` once.
     """
     if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype != torch.uint8:
         raise ValueError(f"expected a uint8 batch of shape [B, 3, S, S], got {batch.dtype} {tuple(batch.shape)}")
@@ -37,6 +71,7 @@ def run_features(model: MultiHeadModel, batch: torch.Tensor,
         if runtime is not None:
             return runtime.features(batch).to(device)
     config = resolved
+    match_weight_layout(model, config.channels_last)
     with torch.inference_mode():
         batch = batch.to(device, non_blocking=True)
         if config.channels_last:  # in uint8, before normalising: a quarter of the bytes to move

@@ -202,7 +202,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
 
     Args:
         max_trunk_parameters: refuse trunks with more parameters than this (``None``: no limit, for
-            trusted files).
+            trusted files; the architecture is then built for real, so trunks the meta device cannot
+            build, such as RegNet, load too).
 
     Raises:
         CheckpointError: not a multihead file, a newer format, damaged metadata, tensors that do not fit
@@ -213,7 +214,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     header = read_header(path)
     spec = header["trunk"]
     name, fingerprint, embedded = spec["name"], spec["fingerprint"], spec["embedded"]
-    skeleton = _build(path, header, weights=None, meta=True)
+    skeleton = _build(path, header, weights=None, meta=max_trunk_parameters is not None)  # trusted: no size check
     heads, trunk_keys = _expected_tensors(header, skeleton)
     _check_against_header(path, header, skeleton, {**heads, **trunk_keys}, max_trunk_parameters)
     weights = None if embedded else ("imagenet" if spec.get("source") == "timm" else spec.get("weights_id"))
@@ -250,6 +251,7 @@ def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> M
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
             trunk = create_trunk(spec["name"], weights=weights, stages=spec.get("stages", ()))
+            trunk.tuned_from = spec.get("tuned_from")  # a tuned top: the weights are embedded, the cut recorded
             return MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"],
                                   joint=header["joint"])
     except ValueError as err:  # an unknown trunk or weights id, an unknown joint rule: named in the metadata
@@ -258,7 +260,8 @@ def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> M
         if not meta:
             raise
         raise CheckpointError(f"{path}: trunk {spec['name']!r} cannot be checked before it is built "
-                              f"({type(err).__name__}: {printable(err)})") from None
+                              f"({type(err).__name__}: {printable(err)}); pass max_trunk_parameters=None if the "
+                              "file is trusted") from None
 
 
 def _expected_tensors(header: dict[str, Any], skeleton: MultiHeadModel

@@ -139,6 +139,8 @@ def check_trunk(value: Any) -> dict[str, Any]:
         _name(spec["weights_id"], "trunk.weights_id")
     for index, stage in enumerate(_list(spec.get("stages", []), "trunk.stages", most=64)):
         _name(stage, f"trunk.stages[{index}]")
+    if spec.get("tuned_from") is not None:
+        _name(spec["tuned_from"], "trunk.tuned_from")
     if spec.get("stored_dtype", "float32") not in STORED_DTYPES:
         raise MetadataError(f"'trunk.stored_dtype' must be one of {list(STORED_DTYPES)}")
     return spec

@@ -1,7 +1,9 @@
 """The frozen trunk: any torchvision or timm classifier with its final layer removed.
 
-The trunk never learns: its parameters need no gradient and it stays in eval mode (BatchNorm statistics
-never move) even inside a model put in train mode. That is what makes cached features valid.
+The trunk never learns by itself: its parameters need no gradient and it stays in eval mode (BatchNorm
+statistics never move) even inside a model put in train mode. That is what makes cached features valid.
+Tuning its top stages is done from outside, explicitly (:mod:`multihead.training.tune`), and recorded
+(:meth:`Trunk.mark_tuned`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class Trunk(nn.Module):
         self.preprocessing = preprocessing
         self.weights_id = weights_id
         self.stages = tuple(stages)
+        self.tuned_from: str | None = None
+        """The first module whose weights were tuned after the published weights were loaded (None: frozen)."""
         self._captured = threading.local()  # per-thread: one trunk may serve several threads
         for stage in self.stages:
             try:
@@ -138,8 +142,15 @@ class Trunk(nn.Module):
         _strict_load(self.network, state, allowed_missing=(), what=f"trunk {self.name!r}")
         self._fingerprint = None
 
+    def mark_tuned(self, tune_from: str) -> None:
+        """Record that the stages from ``tune_from`` up were tuned: the weights are no longer the published ones
+        (so checkpoints embed them) and the fingerprint is computed again."""
+        self.tuned_from = tune_from
+        self.weights_id = None
+        self._fingerprint = None
+
     def spec(self) -> dict[str, object]:
-        return {
+        spec: dict[str, object] = {
             "name": self.name,
             "source": self.source,
             "weights_id": self.weights_id,
@@ -147,11 +158,15 @@ class Trunk(nn.Module):
             "num_features": self.num_features,
             "stages": list(self.stages),
         }
+        if self.tuned_from is not None:  # only when tuned: frozen trunks keep their headers as they were
+            spec["tuned_from"] = self.tuned_from
+        return spec
 
     def extra_repr(self) -> str:
         stages = f", stages={list(self.stages)}" if self.stages else ""
+        tuned = f", tuned_from={self.tuned_from!r}" if self.tuned_from else ""
         return (f"name={self.name!r}, source={self.source!r}, weights_id={self.weights_id!r}, "
-                f"num_features={self.num_features}{stages}")
+                f"num_features={self.num_features}{stages}{tuned}")
 
 
 # --- building ---------------------------------------------------------------------------------------

@@ -44,6 +44,17 @@ class TrainConfig:
     # abstain=False keeps every answer (thresholds 0; out-of-distribution images are still flagged)
     target_accuracy: float = 0.99
     abstain: bool = True
+    # tuning the top of the shared trunk (multihead.training.tune): "none" keeps the trunk frozen (the design's
+    # default and the paper's); "auto" tunes the last stages (multihead.model.trunk_split.AUTO_TUNE_FROM);
+    # a module name ("layer4", "features.14") tunes it and everything after it; "stem" the whole trunk.
+    # Heads are warmed up first by the settings above, then stages and heads are trained together.
+    tune_from: str = "none"
+    tune_epochs: int = 8
+    tune_lr: float = 1e-4
+    tune_head_lr: float = 1e-4
+    tune_batchnorm: str = "train"
+    tune_views: str = "flips"
+    tune_patience: int = 3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -57,6 +68,24 @@ class TrainConfig:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not isinstance(self.tune_from, str) or not self.tune_from:
+            raise ValueError(f"tune_from must be 'none', 'auto', 'stem' or a module name, got {self.tune_from!r}")
+        if self.tune_from != "none" and self.method == "per-organ":
+            raise ValueError("method 'per-organ' trains one model per organ; one tuned trunk cannot serve them: "
+                             "use method 'multihead' or 'flat' with tune_from, or tune_from='none'")
+        if self.tune_from != "none" and self.views == "augmented":
+            raise ValueError("views='augmented' runs images through the frozen trunk; with tune_from the maps are "
+                             "augmented instead (tune_views)")
+        if self.tune_batchnorm not in ("train", "frozen"):
+            raise ValueError(f"tune_batchnorm must be 'train' or 'frozen', got {self.tune_batchnorm!r}")
+        if self.tune_views not in ("none", "flips", "dihedral"):
+            raise ValueError(f"tune_views must be 'none', 'flips' or 'dihedral', got {self.tune_views!r}")
+        for name in ("tune_epochs", "tune_patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("tune_lr", "tune_head_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not isinstance(self.stages, str):
             raise ValueError(f"stages must be 'auto', 'none' or module names joined by commas, got {self.stages!r}")
 

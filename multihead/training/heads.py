@@ -26,12 +26,13 @@ from ..features.dataset import FeatureSet
 from ..model.heads import HeadOutput, MultiHeadModel
 from .config import TrainConfig
 
-__all__ = ["fit_heads"]
+__all__ = ["feature_statistics", "fit_heads", "fold_standardization", "sample_weights", "standardized",
+           "unfold_standardization"]
 
 log = logging.getLogger(__name__)
 
 
-def _sample_weights(labels: torch.Tensor) -> torch.Tensor:
+def sample_weights(labels: torch.Tensor) -> torch.Tensor:
     """Inverse-frequency weights with mean 1: every class counts as much as every other."""
     counts = torch.bincount(labels).float()
     weights = 1.0 / counts[labels]
@@ -118,29 +119,38 @@ def _fit_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None,
         train = FeatureSet(train.features[:, :1], train.organs, train.subtypes, train.relpaths, train.views[:1])
     if not config.standardize:
         return _train_heads(model, train, val, config, on_epoch)
-    mean, std = _feature_statistics(train)
-    history = _train_heads(model, _standardized(train, mean, std),
-                           None if val is None else _standardized(val, mean, std), config, on_epoch)
-    _fold_standardization(model, mean.to(model.device), std.to(model.device))
+    mean, std = feature_statistics(train)
+    history = _train_heads(model, standardized(train, mean, std),
+                           None if val is None else standardized(val, mean, std), config, on_epoch)
+    fold_standardization(model, mean.to(model.device), std.to(model.device))
     return history
 
 
-def _feature_statistics(data: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_statistics(data: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and standard deviation over training images and views (floored: constant features)."""
     flat = data.features.reshape(-1, data.features.shape[-1]).float()
     return flat.mean(0), flat.std(0).clamp_min(1e-3)
 
 
-def _standardized(data: FeatureSet, mean: torch.Tensor, std: torch.Tensor) -> FeatureSet:
+def standardized(data: FeatureSet, mean: torch.Tensor, std: torch.Tensor) -> FeatureSet:
     return FeatureSet((data.features - mean) / std, data.organs, data.subtypes, data.relpaths, data.views)
 
 
 @torch.no_grad()
-def _fold_standardization(model: MultiHeadModel, mean: torch.Tensor, std: torch.Tensor) -> None:
+def fold_standardization(model: MultiHeadModel, mean: torch.Tensor, std: torch.Tensor) -> None:
     """Heads trained on ``(x - mean) / std`` become heads on ``x``: ``W' = W / std``, ``b' = b - W' mean``."""
     for layer in [model.router, *model.heads.values()]:
         layer.weight.div_(std)
         layer.bias.sub_(layer.weight @ mean)
+
+
+@torch.no_grad()
+def unfold_standardization(model: MultiHeadModel, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """The inverse of :func:`fold_standardization`: heads on ``x`` become heads on ``(x - mean) / std``
+    (``b = b' + W' mean``, ``W = W' std``), so training can go on in the standardised space."""
+    for layer in [model.router, *model.heads.values()]:
+        layer.bias.add_(layer.weight @ mean)
+        layer.weight.mul_(std)
 
 
 def _train_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None, config: TrainConfig,
@@ -153,7 +163,7 @@ def _train_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | Non
     model.temperature.logit_scale.fill_(1.0)
     organs, subtypes = train.organs.to(model.device), train.subtypes.to(model.device)
     ones = torch.ones(len(train), device=model.device)
-    subtype_weight = _sample_weights(subtypes) if config.class_weighting else ones
+    subtype_weight = sample_weights(subtypes) if config.class_weighting else ones
 
     if config.method in ("multihead", "flat"):
         def joint_loss(out: HeadOutput, rows: torch.Tensor) -> torch.Tensor:
@@ -166,7 +176,7 @@ def _train_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | Non
                     on_epoch=on_epoch)
 
     # per-organ: the router alone, then each organ's head alone on its own images.
-    organ_weight = _sample_weights(organs) if config.class_weighting else ones
+    organ_weight = sample_weights(organs) if config.class_weighting else ones
 
     def router_loss(out: HeadOutput, rows: torch.Tensor) -> torch.Tensor:
         rows = rows.to(model.device)
@@ -180,7 +190,7 @@ def _train_heads(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | Non
         part = _organ_subset(train, organ_index)
         part_val = _organ_subset(val, organ_index) if val is not None else None
         part_subtypes = part.subtypes.to(model.device)
-        weight = _sample_weights(part_subtypes) if config.class_weighting else torch.ones_like(part_subtypes).float()
+        weight = sample_weights(part_subtypes) if config.class_weighting else torch.ones_like(part_subtypes).float()
         offset = taxonomy.head_offsets[organ_index]
         size = taxonomy.head_sizes[organ_index]
 

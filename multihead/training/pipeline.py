@@ -12,18 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..data.scan import DatasetScan, scan_dataset
 from ..data.splits import Split, make_split
 from ..data.views import VIEWS
 from ..evaluation.metrics import feature_metrics
 from ..evaluation.trust_state import describe_trust
 from ..features.dataset import FeatureSet, dataset_features
+from ..features.maps import MapSet, labelled_maps
 from ..model.heads import MultiHeadModel, create_model
 from ..model.trunk import TrunkWeights
+from ..model.trunk_split import STEM, split_trunk
 from ..taxonomy import Taxonomy
 from .config import TrainConfig
 from .heads import fit_heads
 from .posthoc import fit_temperatures, fit_trust
+from .tune import top_features, tune_top
 
 __all__ = ["TrainResult", "save_split_next_to", "train_from_folder"]
 
@@ -44,7 +49,7 @@ class TrainResult:
 def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None = None,
                       trunk: str = "resnet18", trunk_weights: TrunkWeights = "imagenet",
                       taxonomy: Taxonomy | str | None = None, split: str | os.PathLike | Split | None = None,
-                      cache_dir: str | os.PathLike | None = None,
+                      cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                       on_stage: Callable[[str], None] | None = None,
                       on_progress: Callable[[str, int, int], None] | None = None,
                       on_epoch: Callable[[dict[str, object]], None] | None = None) -> TrainResult:
@@ -53,7 +58,9 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     Args:
         config: training settings (see :data:`multihead.training.config.PRESETS`).
         split: a split file or :class:`Split` to reuse; default: a new leak-free split seeded by ``config.seed``.
-        cache_dir: where trunk features are cached (default ``$MULTIHEAD_CACHE`` or ``~/.cache/multihead``).
+        cache_dir: where trunk features (and, when tuning, the frozen bottom's maps) are cached (default
+            ``$MULTIHEAD_CACHE`` or ``~/.cache/multihead``).
+        device: where to train; tuning the trunk's top (``config.tune_from``) is the part a GPU speeds up.
         on_stage: called with a line of text at each stage (scan, split, calibration).
         on_progress: called as ``(task, done, total)`` while hashing and extracting.
         on_epoch: called with each epoch's record (losses and accuracies).
@@ -82,24 +89,12 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     timings["split_s"] = time.perf_counter() - started
 
     model = create_model(trunk, trunk_weights, scan.taxonomy, trunk_stages=config.trunk_stages,
-                         image_size=config.image_size, seed=config.seed)
-    views = VIEWS if config.views == "dihedral" else VIEWS[:1]
-    started = time.perf_counter()
-    sets: dict[str, FeatureSet] = {}
-    for name in ("train", "val", "test"):
-        files = split.files(name)
-        online = name == "train" and config.views == "augmented"
-        data, failed = dataset_features(
-            model, scan, files, views=views if name == "train" else VIEWS[:1], cache_dir=cache_dir,
-            progress=on_progress and (lambda d, t, name=name: on_progress(f"features {name}", d, t)),
-            augmented_views=config.epochs if online else 0, seed=config.seed)
-        sets[name] = data
-        failures += failed
-    timings["features_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    history = fit_heads(model, sets["train"], sets["val"], config, on_epoch=on_epoch)
-    timings["heads_s"] = time.perf_counter() - started
+                         image_size=config.image_size, seed=config.seed).to(device)
+    if config.tune_from == "none":
+        sets, history = _train_frozen(model, scan, split, config, cache_dir, timings, failures, on_progress, on_epoch)
+    else:
+        sets, history = _train_tuned(model, scan, split, config, cache_dir, timings, failures, on_progress, on_epoch,
+                                     stage)
     calibration = None
     if config.calibrate and len(sets["val"]):
         calibration = fit_temperatures(model, sets["val"])
@@ -122,6 +117,59 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
         "trust": trust,
     }
     return TrainResult(model, history, split, scan, failures, timings)
+
+
+def _train_frozen(model: MultiHeadModel, scan: DatasetScan, split: Split, config: TrainConfig,
+                  cache_dir: str | os.PathLike | None, timings: dict[str, float], failures: list[tuple[str, str]],
+                  on_progress: Callable[[str, int, int], None] | None,
+                  on_epoch: Callable[[dict[str, object]], None] | None,
+                  ) -> tuple[dict[str, FeatureSet], list[dict[str, object]]]:
+    """Cached features of the frozen trunk, then the heads."""
+    views = VIEWS if config.views == "dihedral" else VIEWS[:1]
+    started = time.perf_counter()
+    sets: dict[str, FeatureSet] = {}
+    for name in ("train", "val", "test"):
+        online = name == "train" and config.views == "augmented"
+        data, failed = dataset_features(
+            model, scan, split.files(name), views=views if name == "train" else VIEWS[:1], cache_dir=cache_dir,
+            progress=on_progress and (lambda d, t, name=name: on_progress(f"features {name}", d, t)),
+            augmented_views=config.epochs if online else 0, seed=config.seed)
+        sets[name] = data
+        failures += failed
+    timings["features_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    history = fit_heads(model, sets["train"], sets["val"], config, on_epoch=on_epoch)
+    timings["heads_s"] = time.perf_counter() - started
+    return sets, history
+
+
+def _train_tuned(model: MultiHeadModel, scan: DatasetScan, split: Split, config: TrainConfig,
+                 cache_dir: str | os.PathLike | None, timings: dict[str, float], failures: list[tuple[str, str]],
+                 on_progress: Callable[[str, int, int], None] | None,
+                 on_epoch: Callable[[dict[str, object]], None] | None, stage: Callable[[str], None],
+                 ) -> tuple[dict[str, FeatureSet], list[dict[str, object]]]:
+    """Cached maps of the frozen bottom, then heads warmed up and the top tuned with them; the features the
+    post-hoc estimators are fitted on come from the tuned top."""
+    parts = split_trunk(model.trunk, config.tune_from)
+    stage(f"tuning trunk {model.trunk.name!r} from {parts.cut!r} up; below it frozen"
+          + ("" if parts.cut == STEM else ", its maps cached"))
+    started = time.perf_counter()
+    maps: dict[str, MapSet] = {}
+    for name in ("train", "val", "test"):
+        maps[name], failed = labelled_maps(
+            model, parts, scan, split.files(name), cache_dir=cache_dir, batch_size=config.batch_size,
+            progress=on_progress and (lambda d, t, name=name: on_progress(f"maps {name}", d, t)))
+        failures += failed
+    timings["maps_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    history = tune_top(model, parts, maps["train"], maps["val"], config, on_epoch=on_epoch, on_progress=on_progress)
+    if any(r.get("best") for r in history if str(r["part"]).startswith("tune")):
+        model.trunk.mark_tuned(parts.cut)
+    else:
+        stage("no tuning epoch beat the frozen top on validation: the trunk stays as published (frozen)")
+    timings["tune_s"] = time.perf_counter() - started
+    sets = {name: top_features(parts, data, model) for name, data in maps.items()}
+    return sets, history
 
 
 def save_split_next_to(path: str | os.PathLike, split: Split) -> Path:

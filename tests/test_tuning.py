@@ -1,0 +1,353 @@
+"""Tuning the top of the shared trunk: the split is exact, the map cache is keyed right, tuning moves only the
+top, and a tuned model saves, loads and classifies like any other (tiny random-weight trunks, real pixels)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import multihead
+from multihead.cli import app
+from multihead.data import scan_dataset
+from multihead.data.splits import make_split
+from multihead.features.maps import MapCache, labelled_maps
+from multihead.model.trunk import create_trunk
+from multihead.model.trunk_split import AUTO_TUNE_FROM, split_trunk
+from multihead.training import TrainConfig
+from multihead.training.pipeline import train_from_folder
+from multihead.training.tune import _augment, _schedule
+
+from .conftest import assert_handled_exit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"image_size": 64, "epochs": 2, "tune_epochs": 2, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, sample_dir):
+    """Five real images per subtype of two organs."""
+    root = tmp_path_factory.mktemp("tune-data")
+    for organ in ("all", "lymphoma"):
+        for subtype in multihead.MULTI_CANCER.organ(organ).subtype_names:
+            (root / organ / subtype).mkdir(parents=True)
+            for path in sorted((sample_dir / organ / subtype).iterdir())[:5]:
+                shutil.copy(path, root / organ / subtype / path.name)
+    return root
+
+
+@pytest.mark.parametrize(("name", "cut", "below", "above"), [
+    ("resnet18", "auto", ("layer1", "layer2", "layer3"), ()),
+    ("resnet18", "layer3", ("layer1", "layer2"), ("layer3",)),
+    ("resnet18", "stem", (), ("layer1", "layer2", "layer3")),
+    ("mobilenet_v2", "auto", ("features.3", "features.6", "features.10", "features.13"),
+     ("features.16", "features.17")),
+    ("mobilenet_v2", "features.18", ("features.3", "features.6", "features.10", "features.13", "features.16",
+                                     "features.17"), ()),
+])
+def test_bottom_then_top_gives_exactly_the_trunks_features(name, cut, below, above):
+    torch.manual_seed(0)
+    trunk = create_trunk(name, weights=None, stages="auto")
+    parts = split_trunk(trunk, cut)
+    assert (parts.stages_below, parts.stages_above) == (below, above)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(parts.top_forward(*parts.bottom_forward(images)), trunk(images))
+
+
+def test_auto_cuts_are_the_documented_ones():
+    assert AUTO_TUNE_FROM["mobilenet_v2"] == "features.14" and AUTO_TUNE_FROM["resnet18"] == "layer4"
+    assert split_trunk(create_trunk("mobilenet_v2", weights=None), "auto").cut == "features.14"
+
+
+def test_the_top_shares_the_trunks_weights():
+    """Tuning the top must tune the one trunk that inference runs, not a copy."""
+    trunk = create_trunk("resnet18", weights=None)
+    parts = split_trunk(trunk, "layer4")
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = trunk(images)
+        parts.top_parameters()[0].add_(1.0)
+        assert not torch.equal(trunk(images), before)
+    assert all(p.data_ptr() != q.data_ptr() for p in parts.bottom.parameters() for q in parts.top_parameters())
+
+
+@pytest.mark.parametrize(("cut", "message"), [
+    ("layer4.1.conv2", "2 values cross the cut"),
+    ("layer9", "has no module 'layer9'"),
+    ("none", "nothing to split"),
+])
+def test_bad_cuts_are_refused_with_the_reason(cut, message):
+    with pytest.raises(ValueError, match=message):
+        split_trunk(create_trunk("resnet18", weights=None), cut)
+
+
+def test_a_cut_around_a_pooled_stage_is_refused():
+    trunk = create_trunk("resnet18", weights=None, stages=("layer3.1",))
+    with pytest.raises(ValueError, match="pooled stages \\['layer3.1'\\] lie inside it"):
+        split_trunk(trunk, "layer3")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"method": "per-organ", "tune_from": "auto"}, "one tuned trunk cannot serve them"),
+    ({"views": "augmented", "tune_from": "auto"}, "tune_views"),
+    ({"tune_batchnorm": "sometimes"}, "tune_batchnorm"),
+    ({"tune_views": "rotations"}, "tune_views"),
+    ({"tune_epochs": 0}, "tune_epochs"),
+    ({"tune_lr": 0.0}, "tune_lr"),
+])
+def test_config_refuses_what_cannot_be_tuned(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_frozen_stays_the_default():
+    assert TrainConfig().tune_from == "none"
+    from multihead.training import PRESETS
+
+    assert PRESETS["paper"].tune_from == "none"
+
+
+def test_map_cache_is_read_back_memory_mapped_and_keyed_by_file_and_cut(tiny_data, tmp_path, monkeypatch):
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
+    parts = split_trunk(model.trunk, "auto")
+    scan = scan_dataset(tiny_data)
+    files = [r.relpath for r in scan.records[:6]]
+    calls = []
+    real_bottom = parts.bottom_forward
+    monkeypatch.setattr(parts, "bottom_forward", lambda images: calls.append(len(images)) or real_bottom(images))
+    first, failed = labelled_maps(model, parts, scan, files, cache_dir=tmp_path)
+    assert failed == [] and sum(calls) == 6
+    maps, pooled = first.cache.gather(first.locations)
+    assert isinstance(first.cache._shards[0][0], np.memmap) and first.cache._shards[0][0].dtype == np.float16
+    with torch.no_grad():
+        expected_maps, expected_pooled = real_bottom(model.preprocessing.normalize(
+            torch.stack([model.preprocessing.load(scan.records[i].path) for i in range(6)])))
+    torch.testing.assert_close(maps, expected_maps.half().float())
+    torch.testing.assert_close(pooled, expected_pooled)
+
+    calls.clear()
+    again, _ = labelled_maps(model, parts, scan, files, cache_dir=tmp_path)  # a fresh cache object reads the disk
+    assert calls == [] and again.relpaths == first.relpaths
+
+    edited = scan.records[0].path  # the same path with other bytes: computed again
+    original = edited.read_bytes()
+    try:
+        shutil.copy(scan.records[7].path, edited)
+        labelled_maps(model, parts, scan, files, cache_dir=tmp_path)
+        assert calls == [1]
+    finally:
+        edited.write_bytes(original)
+
+    other_cut = split_trunk(model.trunk, "layer3")  # another cut: another cache folder, nothing shared
+    assert MapCache(tmp_path, model, other_cut).directory != first.cache.directory
+
+
+def test_a_shard_of_another_bottom_or_a_damaged_one_is_not_used(tiny_data, tmp_path, caplog):
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64)
+    parts = split_trunk(model.trunk, "auto")
+    scan = scan_dataset(tiny_data)
+    files = [r.relpath for r in scan.records[:3]]
+    data, _ = labelled_maps(model, parts, scan, files, cache_dir=tmp_path)
+    listing = next(data.cache.directory.glob("*.json"))
+    info = json.loads(listing.read_text())
+    info["identity"]["bottom_fingerprint"] = "0" * 64
+    listing.write_text(json.dumps(info))
+    assert MapCache(tmp_path, model, parts).index == {}
+    assert "belongs to another trunk bottom" in caplog.text
+    listing.write_text("{not json")
+    assert MapCache(tmp_path, model, parts).index == {}
+    assert not listing.exists() and "damaged map cache shard" in caplog.text
+
+
+def test_map_augmentation_keeps_content_and_covers_the_dihedral_group():
+    maps = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3).repeat(64, 1, 1, 1)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(_augment(maps, "none", generator), maps)
+    flipped = _augment(maps, "flips", generator)
+    assert torch.equal(flipped.flatten(1).sort(1).values, maps.flatten(1).sort(1).values)
+    seen = {tuple(m.flatten().tolist()) for m in _augment(maps[::2], "dihedral", generator)}
+    assert len(seen) == 8  # all eight symmetries of a square map with distinct values
+    assert len({tuple(m.flatten().tolist()) for m in flipped[::2]}) == 4
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factor = _schedule(200)
+    values = [factor(step) for step in range(201)]
+    assert values[0] == pytest.approx(1 / 20)
+    assert values[:20] == sorted(values[:20]) and values[19:] == sorted(values[19:], reverse=True)  # up, then down
+    assert values[19] == pytest.approx(0.98, abs=0.01) and values[100] == pytest.approx(0.5) and values[200] == 0.0
+
+
+def _always_better():
+    """A selection score that rises every epoch: the last tuning epoch is kept (a tiny validation split
+    cannot be relied on to prefer tuning)."""
+    scores = iter(range(100))
+    return lambda model, data: float(next(scores))
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_data, tmp_path_factory):
+    torch.manual_seed(0)
+    cache = tmp_path_factory.mktemp("tune-cache")
+    config = TrainConfig(tune_from="layer4", **TINY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(multihead.training.tune, "_selection_score", _always_better())
+        result = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None, cache_dir=cache)
+    return result, cache
+
+
+def test_when_no_tuning_epoch_wins_the_trunk_stays_published(tiny_data, tmp_path, monkeypatch):
+    scores = iter([1.0, 0.5, 0.4])  # the warmed-up frozen top, then two worse epochs
+    monkeypatch.setattr(multihead.training.tune, "_selection_score", lambda model, data: next(scores))
+    torch.manual_seed(0)
+    result = train_from_folder(tiny_data, config=TrainConfig(tune_from="layer4", **TINY), trunk="resnet18",
+                               trunk_weights=None, cache_dir=tmp_path)
+    torch.manual_seed(0)
+    fresh = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
+    assert result.model.trunk.tuned_from is None
+    for key, value in result.model.trunk.network.state_dict().items():
+        assert torch.equal(value, fresh.trunk.network.state_dict()[key]), key
+
+
+def test_tuning_moves_the_top_only_and_is_recorded(tuned, tiny_data):
+    result, _ = tuned
+    model = result.model
+    torch.manual_seed(0)
+    fresh = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
+    before, after = fresh.trunk.network.state_dict(), model.trunk.network.state_dict()
+    changed = {k.split(".")[0] for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"layer4"}  # weights and BatchNorm statistics of layer4; nothing below it
+    assert model.trunk.tuned_from == "layer4" and model.trunk.weights_id is None
+    assert not any(p.requires_grad for p in model.trunk.parameters())
+    tuning = [r for r in result.history if str(r["part"]).startswith("tune")]
+    assert [r["epoch"] for r in tuning] == [1, 2] and all("val" in r for r in tuning) and tuning[-1]["best"]
+    assert any(str(r["part"]).startswith("warm-up") for r in result.history)
+    assert set(result.timings) >= {"maps_s", "tune_s"}
+    assert model.metadata["trust"] is not None and model.metadata["training"]["config"]["tune_from"] == "layer4"
+
+
+def test_batchnorm_frozen_keeps_the_statistics(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(multihead.training.tune, "_selection_score", _always_better())
+    torch.manual_seed(0)
+    config = TrainConfig(tune_from="layer4", tune_batchnorm="frozen", **TINY)
+    model = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None,
+                              cache_dir=tmp_path).model
+    torch.manual_seed(0)
+    fresh = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
+    for key, value in model.trunk.network.state_dict().items():
+        if "running_" in key:
+            assert torch.equal(value, fresh.trunk.network.state_dict()[key]), key
+
+
+def test_a_tuned_model_saves_loads_and_classifies_the_same(tuned, tmp_path, real_images):
+    model = tuned[0].model.eval()
+    path = tmp_path / "tuned.safetensors"
+    multihead.save(model, path)
+    header = multihead.model.checkpoint.read_header(path)
+    assert header["trunk"]["embedded"] and header["trunk"]["tuned_from"] == "layer4"
+    loaded = multihead.load(path)
+    assert loaded.trunk.tuned_from == "layer4" and loaded.trunk.fingerprint == model.trunk.fingerprint
+    ours = multihead.classify(real_images[:3], model=model)
+    theirs = multihead.classify(real_images[:3], model=loaded)
+    assert [p.to_dict() for p in ours] == [p.to_dict() for p in theirs]
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 0 and "stages from layer4 up were trained" in result.output
+
+
+def test_the_stem_tunes_the_whole_trunk_without_a_cache(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(multihead.training.tune, "_selection_score", _always_better())
+    torch.manual_seed(0)
+    config = TrainConfig(tune_from="stem", **{**TINY, "tune_epochs": 1})
+    model = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None,
+                              cache_dir=tmp_path).model
+    assert model.trunk.tuned_from == "stem"
+    assert not list(tmp_path.glob("*-maps-*"))  # nothing below the cut: images are read live
+    torch.manual_seed(0)
+    fresh = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
+    assert not torch.equal(model.trunk.network.conv1.weight, fresh.trunk.network.conv1.weight)
+
+
+def test_cli_train_with_tune_from(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(multihead.training.tune, "_selection_score", _always_better())
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(app, [
+        "train", str(tiny_data), "--out", str(out), "--trunk-weights", "none", "--image-size", "64", "--epochs", "2",
+        "--tune-from", "auto", "--tune-epochs", "1", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "tuning trunk 'resnet18' from 'layer4' up" in result.stderr
+    assert multihead.model.checkpoint.read_header(out)["trunk"]["tuned_from"] == "layer4"
+    bad = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), "--trunk-weights", "none",
+                                   "--method", "per-organ", "--tune-from", "auto"])
+    assert_handled_exit(bad, 2, "one tuned trunk cannot serve them")
+
+
+def test_split_is_reused_for_tuning(tiny_data, tuned):
+    """The tuned run trained on the leak-free split like a frozen one: same files, no overlap."""
+    result, _ = tuned
+    split, _ = make_split(scan_dataset(tiny_data), seed=0)
+    assert result.split.assignment == split.assignment
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_tuned_model_exports_and_explains_like_any_other(tuned, tmp_path, real_images, backend):
+    """The bundled model's CPU path is the exported graph: a tuned trunk must give torch's outputs there too."""
+    from multihead.inference import InferenceConfig, run_batch, run_features
+    from multihead.inference.backends import open_runtime
+    from multihead.inference.export import export_onnx
+
+    path = tmp_path / "tuned.safetensors"
+    multihead.save(tuned[0].model, path)
+    model = multihead.load(path)
+    images = torch.stack([model.preprocessing.load(p) for p in real_images[:4]])
+    outputs = open_runtime(model, backend, onnx_file=export_onnx(model, tmp_path / "tuned.onnx")).run(images)
+    torch.testing.assert_close(outputs["features"], run_features(model, images, InferenceConfig(backend="torch")),
+                               rtol=1e-4, atol=1e-4)
+    expected = run_batch(model, images, InferenceConfig(backend="torch", channels_last=False))
+    torch.testing.assert_close(outputs["joint_log_probs"], expected.joint_log_probs, rtol=1e-4, atol=1e-4)
+    explanation = multihead.explain(real_images[0], model=model)
+    assert explanation.organ_map.max() == pytest.approx(1.0)
+
+
+def test_the_epoch_score_pools_organs_too_small_to_weigh(monkeypatch):
+    """Two validation images of an organ must not swing the epoch's score by a sixth each."""
+    import multihead.training.tune as tune
+
+    per_organ = {"all": (1.0, 100), "brain": (0.5, 100), "breast": (0.0, 2), "oral": (1.0, 2)}
+    monkeypatch.setattr(tune, "organ_accuracies", lambda model, data: per_organ)
+    assert tune.organ_balanced_accuracy(None, None) == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    per_organ = {"breast": (1.0, 2), "oral": (0.0, 4)}  # nothing large: every organ alike
+    assert tune.organ_balanced_accuracy(None, None) == pytest.approx(0.5)
+
+
+def test_unfolding_the_standardisation_is_the_inverse_of_folding_it(tiny_model):
+    """Tuning continues the heads in the standardised space they were warmed up in, and folds them back."""
+    import copy
+
+    from multihead.training.heads import fold_standardization, unfold_standardization
+
+    model = copy.deepcopy(tiny_model)
+    mean, std = torch.randn(model.num_features), torch.rand(model.num_features) + 0.5
+    features = torch.randn(4, model.num_features)
+    before = model.head_logits(features)
+    unfold_standardization(model, mean, std)
+    torch.testing.assert_close(model.head_logits((features - mean) / std), before, rtol=1e-5, atol=1e-5)
+    fold_standardization(model, mean, std)
+    torch.testing.assert_close(model.head_logits(features), before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tuned_trunk_with_published_weights_is_embedded_not_referenced(tmp_path):
+    """Published weights are referenced by id; once tuned they are not those weights any more."""
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64)
+    model.trunk.weights_id = "ResNet18_Weights.IMAGENET1K_V1"  # as if loaded from torchvision's published file
+    before = model.trunk.fingerprint
+    with torch.no_grad():
+        model.trunk.network.layer4[1].conv2.weight.add_(0.01)
+    model.trunk.mark_tuned("layer4")
+    assert model.trunk.weights_id is None and model.trunk.fingerprint != before
+    multihead.save(model, tmp_path / "m.safetensors")
+    header = multihead.model.checkpoint.read_header(tmp_path / "m.safetensors")
+    assert header["trunk"]["embedded"] and header["trunk"]["tuned_from"] == "layer4"
