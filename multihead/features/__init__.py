@@ -14,11 +14,13 @@ if TYPE_CHECKING:
     from .cache import FeatureCache, default_cache_dir, file_digest
     from .dataset import FeatureSet, dataset_features
     from .extract import augmented_features, extract_features
+    from .maps import MapCache, MapSet, labelled_maps
 
 _EXPORTS = {
     **dict.fromkeys(["FeatureCache", "default_cache_dir", "file_digest"], ".cache"),
     **dict.fromkeys(["FeatureSet", "dataset_features"], ".dataset"),
     **dict.fromkeys(["augmented_features", "extract_features"], ".extract"),
+    **dict.fromkeys(["MapCache", "MapSet", "labelled_maps"], ".maps"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
