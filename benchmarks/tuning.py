@@ -1,11 +1,13 @@
-"""Frozen trunk against a tuned top, on the committed split of the shared sample: one configuration per call.
+"""Frozen trunk against a tuned top, on a leak-free split of the shared sample: one configuration per call.
 
 Each call caches the frozen bottom's maps (once per input size and cut), warms the heads up on the frozen
 top's features (that model is the *frozen* row: the same heads the frozen default trains), tunes the top
 with them (:func:`multihead.training.tune.tune_top`), and appends one JSON line to ``--out``: per-organ
 validation and test accuracy of both, every epoch's validation record and time, and the tuned model
 measured again end to end through the whole trunk from the image files (``evaluate_folder``, float32 maps,
-not the cached float16 ones). Choices are read off validation; test is reported.
+not the cached float16 ones). Choices are read off validation; test is reported. The committed split is
+seed 0; ``--split`` takes another one made the same way (``benchmarks/probes/pooling/splits.py``), and its
+seed goes into the row's name and ``split_seed``.
 
     python benchmarks/tuning.py --px 448 --tune-from auto --seed 0
 """
@@ -124,6 +126,9 @@ def main() -> None:
             f"-lr{args.tune_lr:g}-head{args.tune_head_lr:g}-seed{args.seed}")
     torch.manual_seed(args.seed)
     split = Split.load(args.split)
+    split_seed = int(split.info.get("seed", 0))
+    if split_seed:
+        name += f"-split{split_seed}"
     scan = scan_dataset(args.data)
     model = create_model("mobilenet_v2", WEIGHTS, scan.taxonomy, trunk_stages=config.trunk_stages,
                          image_size=config.image_size, seed=config.seed)
@@ -148,6 +153,7 @@ def main() -> None:
         tuned = per_organ_tuned(model, parts, maps, config)
         timings["tune_s"] = round(time.perf_counter() - started, 1)
         record = {"name": name, "config": {**config.to_dict(), "method": "per-organ"}, "cut": parts.cut,
+                  "split_seed": split_seed,
                   "heads_space": "standardized",
                   "timings": timings, "frozen": frozen, "tuned": tuned, "best_epoch": None, "history": [],
                   "machine": machine_info(), "date": time.strftime("%Y-%m-%d")}
@@ -180,7 +186,8 @@ def main() -> None:
     model.metadata = {"training": {"config": config.to_dict()}}
     multihead.save(model, args.models / f"{name}.safetensors")
     record: dict[str, object] = {
-        "name": name, "config": config.to_dict(), "cut": parts.cut, "timings": timings, "frozen": frozen,
+        "name": name, "config": config.to_dict(), "cut": parts.cut, "split_seed": split_seed, "timings": timings,
+        "frozen": frozen,
         # rows without this key were run before the heads were tuned in the standardised space they were warmed
         # up in (they took AdamW steps on the folded, raw-feature heads)
         "heads_space": "standardized",

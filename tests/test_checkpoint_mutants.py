@@ -147,6 +147,19 @@ def test_a_trunk_with_published_weights_can_still_be_embedded(small, tmp_path):
     _assert_same_model(model, loaded)
 
 
+def test_a_tuned_trunk_comes_back_tuned_and_an_untuned_one_does_not(small, base, tmp_path):
+    """``trunk.tuned_from`` (the cut a tuned trunk was trained from) survives the round trip: ``info`` reads it
+    from the loaded model. A file without it (every frozen model) loads as not tuned."""
+    trunk = multihead.create_trunk(TRUNK, weights=None)
+    trunk.network.load_state_dict(small.trunk.network.state_dict())
+    trunk.mark_tuned("features.9")
+    model = multihead.create_model(trunk, image_size=64, seed=0).eval()
+    multihead.save(model, tmp_path / "tuned.safetensors")
+    assert read_header(tmp_path / "tuned.safetensors")["trunk"]["tuned_from"] == "features.9"
+    assert multihead.load(tmp_path / "tuned.safetensors").trunk.tuned_from == "features.9"
+    assert multihead.load(base).trunk.tuned_from is None
+
+
 def test_a_random_trunk_stored_by_reference_does_not_come_back_with_other_weights(small, tmp_path):
     path = tmp_path / "m.safetensors"
     multihead.save(small, path, embed_trunk=False)

@@ -119,8 +119,9 @@ def test_a_damaged_shard_is_removed_and_extracted_again(model, images, tmp_path,
     with caplog.at_level("WARNING", logger="multihead.features.cache"):
         again, _, _ = extract_features(model, images, cache_dir=cache, views=("identity", "hflip"))
     (message,) = caplog.messages
-    assert message.startswith(f"damaged feature cache shard {shard} (") and message.endswith(
-        "); removed, its entries will be extracted again") and "()" not in message
+    prefix, suffix = f"damaged feature cache shard {shard} (", "); removed, its entries will be extracted again"
+    assert message.startswith(prefix) and message.endswith(suffix)
+    assert message[len(prefix):-len(suffix)] not in ("", "None")  # the reader's own error, saying what is wrong
     assert sum(runs) == 6 and torch.allclose(first, again)
     assert len(list(shard.parent.glob("*.safetensors"))) == 1
     runs.clear()

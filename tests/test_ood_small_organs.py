@@ -34,8 +34,9 @@ def _two_organs(spread_small: float, seed: int = 0):
     return train, train_organs, val, val_organs, new_small, unknown
 
 
-def test_a_small_organs_scale_is_its_median_on_the_pooled_median_shrunk_by_its_image_count():
-    train, organs, val, val_organs, _, _ = _two_organs(2.0)
+@pytest.mark.parametrize("spread", [2.0, 0.01])  # 0.01: its distances are far below 1, the floor must not bite
+def test_a_small_organs_scale_is_its_median_on_the_pooled_median_shrunk_by_its_image_count(spread):
+    train, organs, val, val_organs, _, _ = _two_organs(spread)
     ood = MahalanobisOOD(12, 2, components=12).fit(train, organs, val, val_organs, organ_mask=MASK)
     assert ood.scale_rules_ == {0: "own", 1: "shrunk"}
     own = lambda x, o: ood.organ_distances(x).double().gather(1, o[:, None]).squeeze(1)  # noqa: E731
@@ -48,7 +49,7 @@ def test_a_small_organs_scale_is_its_median_on_the_pooled_median_shrunk_by_its_i
     sample = torch.cat([val_own[val_organs == 1], left_out])
     expected = ((val_own[val_organs == 0] * large_scale).median() / sample.median()) ** (11 / (11 + MIN_SCALE_IMAGES))
     assert float(ood.organ_scale[1]) == pytest.approx(float(expected), rel=1e-5)
-    assert 0.0 < float(ood.organ_scale[1]) < 1.0  # it spreads wider: its distances count for less
+    assert (0.0 < float(ood.organ_scale[1]) < 1.0) == (spread > 1)  # wider: its distances count for less
     # the threshold keeps DEFAULT_TPR (99 %) of the validation scores
     scores = ood.score(val, MASK).double()
     assert DEFAULT_TPR == 0.99 and float(ood.threshold) == pytest.approx(float(torch.quantile(scores, 0.99)), rel=1e-5)
@@ -72,6 +73,40 @@ def test_without_validation_images_a_small_organ_uses_its_training_images_left_o
     assert ood.scale_rules_ == {0: "own", 1: "shrunk"}
     one = MahalanobisOOD(12, 2, components=12).fit(train[:301], organs[:301], organ_mask=MASK)
     assert one.scale_rules_ == {0: "own"} and float(one.organ_scale[1]) == 1.0  # one image: nothing to leave out
+
+
+def test_a_tight_large_organs_scale_is_the_pooled_quantile_on_its_own_however_small():
+    """An organ with its own scale (at least MIN_SCALE_IMAGES validation images) whose distances are all far
+    below 1: the ratio is taken as it is (the floor only guards against zero)."""
+    g = torch.Generator().manual_seed(1)
+    tight = torch.zeros(12)
+    tight[2] = 25.0
+    train = torch.cat([_cloud(300, torch.zeros(12), 1.0, g), _cloud(100, tight, 0.01, g)])
+    organs = torch.tensor([0] * 300 + [1] * 100)
+    val = torch.cat([_cloud(100, torch.zeros(12), 1.0, g), _cloud(40, tight, 0.01, g)])
+    val_organs = torch.tensor([0] * 100 + [1] * 40)
+    ood = MahalanobisOOD(12, 2, components=12).fit(train, organs, val, val_organs, organ_mask=MASK)
+    assert ood.scale_rules_ == {0: "own", 1: "own"}
+    own = ood.organ_distances(val).double().gather(1, val_organs[:, None]).squeeze(1)
+    tight_quantile = torch.quantile(own[val_organs == 1], SCALE_QUANTILE)
+    assert tight_quantile < 0.1
+    expected = torch.quantile(own, SCALE_QUANTILE) / tight_quantile
+    assert float(ood.organ_scale[1]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_two_training_images_are_enough_to_leave_one_out_and_an_organ_without_any_does_not_stop_the_others():
+    """Organ 1 has two training images (each left out against the other), organ 2 one (nothing to leave out: it
+    keeps the pooled scale), organ 3 nine; none has validation images. Organ 2 must not end the loop."""
+    g = torch.Generator().manual_seed(2)
+    centres = torch.zeros(4, 12)
+    centres[1, 0], centres[2, 1], centres[3, 2] = 25.0, 30.0, 35.0
+    counts = (300, 2, 1, 9)
+    train = torch.cat([_cloud(n, centres[o], 1.0, g) for o, n in enumerate(counts)])
+    organs = torch.cat([torch.full((n,), o) for o, n in enumerate(counts)])
+    ood = MahalanobisOOD(12, 4, components=12).fit(train, organs, organ_mask=torch.ones(4, dtype=torch.bool))
+    assert ood.scale_rules_ == {0: "own", 1: "shrunk", 3: "shrunk"}
+    assert float(ood.organ_scale[2]) == 1.0
+    assert float(ood.organ_scale[1]) != 1.0 and float(ood.organ_scale[3]) != 1.0
 
 
 def test_a_small_organ_that_spreads_wider_keeps_its_images_and_unknowns_are_still_flagged():
