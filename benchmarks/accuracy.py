@@ -383,7 +383,7 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
             minutes <= 15)
     config = best["config"]
     same = [r for r in rows if r.get("heads_space") and r["config"]["method"] != "multihead" and all(
-        r["config"][k] == config[k] for k in ("image_size", "tune_lr", "tune_head_lr", "tune_batchnorm", "tune_views"))]
+        r["config"][k] == config[k] for k in PICKED_KEYS if k != "method")]
     baselines = [
         f"{r['config']['method']} tuned: validation {_pct(r['tuned']['val']['accuracy'])}, test "
         f"{_pct(r['tuned']['test']['accuracy'])}, "

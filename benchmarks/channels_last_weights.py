@@ -14,21 +14,14 @@ import argparse
 import copy
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 import multihead
+from multihead.benchmark import machine_info
 from multihead.inference import InferenceConfig, default_model_path, run_features
-
-
-def _cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                platform.processor())
 
 
 def before(model: multihead.MultiHeadModel, batch: torch.Tensor) -> torch.Tensor:
@@ -84,10 +77,9 @@ def main() -> None:
     rows.append(measure("resnet18 (random weights)", resnet,
                         torch.randint(0, 256, (2 * args.batch, 3, 224, 224), dtype=torch.uint8, generator=generator),
                         args.rounds))
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": {"cpu": _cpu(), "cores": os.cpu_count(),
-                                                             "torch_threads": torch.get_num_threads(),
-                                                             "torch": torch.__version__,
-                                                             "load_average_at_end": os.getloadavg()},
+    machine = {"cpu": machine_info()["cpu_model"], "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "torch": torch.__version__, "load_average_at_end": os.getloadavg()}
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine,
               "precision": "fp32", "results": rows}
     text = json.dumps(result, indent=1)
     print(text)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 import multihead
+from multihead.benchmark import machine_info
 from multihead.data import VIEWS, scan_dataset
 from multihead.data.folders import expand_inputs
 from multihead.data.splits import Split
@@ -43,12 +42,6 @@ DATA = REPO.parent / "shared" / "data" / "multi-cancer-sample"
 EXAMPLES = REPO / "multihead" / "examples"
 SMALL = ("breast", "kidney", "oral")
 KINDS = ("noise", "text", "pattern", "photo")
-
-
-def _cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                platform.processor())
 
 
 def _example_probabilities(model: multihead.MultiHeadModel) -> torch.Tensor:
@@ -180,7 +173,7 @@ def main() -> None:
 
     result: dict[str, object] = {
         "model": args.model.name, "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "torch": torch.__version__},
+        "machine": {"cpu": machine_info()["cpu_model"], "cores": os.cpu_count(), "torch": torch.__version__},
         "unknowns_set": "benchmarks/trust/make_unknowns.py: 32 noise, 32 text, 32 synthetic patterns, 20 photographs "
                         "(4 bundled with scikit-learn and matplotlib, whole and in quadrants)",
         "auroc_on": "test split (737 images) against the unknowns",

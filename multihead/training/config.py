@@ -61,13 +61,14 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
         if self.views not in ("identity", "dihedral", "augmented"):
             raise ValueError(f"views must be 'identity', 'dihedral' or 'augmented', got {self.views!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "tune_epochs", "tune_patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0.0 < self.target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        for name in ("lr", "tune_lr", "tune_head_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not isinstance(self.tune_from, str) or not self.tune_from:
             raise ValueError(f"tune_from must be 'none', 'auto', 'stem' or a module name, got {self.tune_from!r}")
         if self.tune_from != "none" and self.method == "per-organ":
@@ -80,12 +81,6 @@ class TrainConfig:
             raise ValueError(f"tune_batchnorm must be 'train' or 'frozen', got {self.tune_batchnorm!r}")
         if self.tune_views not in ("none", "flips", "dihedral"):
             raise ValueError(f"tune_views must be 'none', 'flips' or 'dihedral', got {self.tune_views!r}")
-        for name in ("tune_epochs", "tune_patience"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("tune_lr", "tune_head_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not isinstance(self.stages, str):
             raise ValueError(f"stages must be 'auto', 'none' or module names joined by commas, got {self.stages!r}")
 
