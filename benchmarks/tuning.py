@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--tune-from", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", default="multihead", choices=("multihead", "flat", "per-organ"))
-    parser.add_argument("--batchnorm", default="train", choices=("train", "frozen"))
+    parser.add_argument("--batchnorm", default="train", choices=("train", "frozen", "adapted"))
     parser.add_argument("--views", default="flips", choices=("none", "flips", "dihedral"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--tune-lr", type=float, default=TrainConfig.tune_lr)

@@ -310,6 +310,28 @@ def test_ood_score_uses_the_nearest_answered_organ_and_its_scale():
         MahalanobisOOD(num_features=3, num_organs=3).fit(features[:1], organs[:1], organ_mask=torch.ones(3).bool())
 
 
+def test_ood_reading_the_first_features_equals_a_fit_on_those_features_alone():
+    """``num_read=2`` of three features: the same distances as an estimator fitted on the two alone, whatever
+    the third holds (issue 17: a tuned trunk's score reads the stages below its cut)."""
+    from multihead.model.ood import MahalanobisOOD
+
+    features, organs = _two_organs()
+    noisy = torch.cat([features, 50 * torch.randn(len(features), 1)], 1)
+    mask = torch.tensor([True, True, False])
+    first = MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=2)
+    alone = MahalanobisOOD(num_features=2, num_organs=3).fit(features[:, :2], organs, organ_mask=mask)
+    probe = torch.randn(5, 4) * 3
+    # equal up to the ridge, which is relative to the mean variance over all components (two of them empty here)
+    torch.testing.assert_close(first.organ_distances(probe), alone.organ_distances(probe[:, :2]), rtol=1e-3, atol=0)
+    assert float(first.threshold) == pytest.approx(float(alone.threshold), rel=1e-3)
+    assert torch.equal(first.mean[2:], torch.zeros(2)) and torch.equal(first.projection[2:], torch.zeros(2, 4))
+    everything = MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=4)
+    assert torch.equal(everything.projection, MahalanobisOOD(4, 3).fit(noisy, organs, organ_mask=mask).projection)
+    for wrong in (0, 5):
+        with pytest.raises(ValueError, match=rf"num_read must be in \[1, 4\], got {wrong}"):
+            MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=wrong)
+
+
 def test_thresholds_edge_cases_worked_by_hand():
     """Killed mutants of the first run (mutation.json): an undefined bound counts as 0, not as reaching the
     target; exactly images_to_certify images use the bound; the bound, not the plain accuracy, is applied."""
@@ -405,7 +427,7 @@ def test_fit_ood_reports_what_it_fitted(posthoc_data):
     assert float(model.ood.threshold) == pytest.approx(float(torch.quantile(scores, 0.9)), rel=1e-5)
     trained_organs = ["all", "brain", "lymphoma"]
     assert report == {"score": "mahalanobis", "components": 64, "threshold": float(model.ood.threshold), "tpr": 0.9,
-                      "fitted_on": 150, "threshold_from": "val",
+                      "fitted_on": 150, "threshold_from": "val", "features_read": model.trunk.num_features,
                       "organ_scale": {name: round(float(model.ood.organ_scale[MULTI_CANCER.organ_index(name)]), 4)
                                       for name in trained_organs},
                       "scale_rule": dict.fromkeys(trained_organs, "own")}  # 50 validation images each

@@ -15,7 +15,7 @@ from multihead.data import scan_dataset
 from multihead.data.splits import make_split
 from multihead.features.maps import MapCache, labelled_maps
 from multihead.model.trunk import create_trunk
-from multihead.model.trunk_split import AUTO_TUNE_FROM, split_trunk
+from multihead.model.trunk_split import AUTO_TUNE_FROM, split_trunk, untuned_features
 from multihead.training import TrainConfig
 from multihead.training.pipeline import train_from_folder
 from multihead.training.tune import _augment, _schedule
@@ -200,12 +200,14 @@ def tuned(tiny_data, tmp_path_factory):
     return result, cache
 
 
-def test_when_no_tuning_epoch_wins_the_trunk_stays_published(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batchnorm", ["train", "adapted"])
+def test_when_no_tuning_epoch_wins_the_trunk_stays_published(tiny_data, tmp_path, monkeypatch, batchnorm):
+    """Adapted statistics included: the published top competes with its own statistics and heads."""
     scores = iter([1.0, 0.5, 0.4])  # the warmed-up frozen top, then two worse epochs
     monkeypatch.setattr(multihead.training.tune, "_selection_score", lambda model, data: next(scores))
     torch.manual_seed(0)
-    result = train_from_folder(tiny_data, config=TrainConfig(tune_from="layer4", **TINY), trunk="resnet18",
-                               trunk_weights=None, cache_dir=tmp_path)
+    config = TrainConfig(tune_from="layer4", tune_batchnorm=batchnorm, **TINY)
+    result = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None, cache_dir=tmp_path)
     torch.manual_seed(0)
     fresh = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
     assert result.model.trunk.tuned_from is None
@@ -228,6 +230,76 @@ def test_tuning_moves_the_top_only_and_is_recorded(tuned, tiny_data):
     assert any(str(r["part"]).startswith("warm-up") for r in result.history)
     assert set(result.timings) >= {"maps_s", "tune_s"}
     assert model.metadata["trust"] is not None and model.metadata["training"]["config"]["tune_from"] == "layer4"
+
+
+@pytest.mark.parametrize(("tuned_from", "expected"), [(None, 960), ("layer4", 64 + 128 + 256), ("layer3", 64 + 128),
+                                                   ("stem", 0)])
+def test_untuned_features_are_the_pooled_stages_below_the_cut(tuned_from, expected):
+    trunk = create_trunk("resnet18", weights=None, stages="auto")
+    if tuned_from is not None:
+        trunk.mark_tuned(tuned_from)
+    assert untuned_features(trunk) == expected
+
+
+def test_a_tuned_models_ood_score_reads_only_the_untuned_features(tuned):
+    """The tuned stages lose what tells an unknown image from a slide (docs/trust.md): the OOD score must not
+    read them, so changing them leaves every score as it was."""
+    model = tuned[0].model
+    below = untuned_features(model.trunk)
+    assert model.metadata["trust"]["ood"]["features_read"] == below < model.trunk.num_features
+    unread = model.ood.projection[below:]
+    assert model.ood.fitted and torch.equal(unread, torch.zeros_like(unread))
+    assert model.ood.projection[:below].abs().sum() > 0
+    features = torch.randn(4, model.trunk.num_features)
+    moved = features.clone()
+    moved[:, below:] += 100.0
+    with torch.no_grad():
+        assert torch.equal(model.ood_score(features), model.ood_score(moved))
+
+
+def test_adapted_statistics_are_the_training_maps_own(tiny_data, tmp_path):
+    """adapt_batchnorm: the first BatchNorm of the top gets the mean and variance of its inputs over the training
+    maps (a cumulative average of the batches), weights and the bottom untouched, momentum restored."""
+    from multihead.training.tune import adapt_batchnorm
+
+    torch.manual_seed(0)
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
+    parts = split_trunk(model.trunk, "layer4")
+    scan = scan_dataset(tiny_data)
+    maps, _ = labelled_maps(model, parts, scan, [r.relpath for r in scan.records],
+                            cache_dir=tmp_path)
+    before = {k: v.clone() for k, v in model.trunk.network.state_dict().items()}
+    inputs = []
+    first = model.trunk.network.layer4[0].bn1
+    hook = model.trunk.network.layer4[0].conv1.register_forward_hook(lambda m, i, out: inputs.append(out.detach()))
+    adapt_batchnorm(parts, maps, model, batch_size=8)
+    hook.remove()
+    seen = torch.cat(inputs)
+    batches = seen.split(8)
+    # momentum None: the plain mean over the batches of each batch's mean and unbiased variance
+    expected_mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    torch.testing.assert_close(first.running_mean, expected_mean, rtol=1e-4, atol=1e-5)
+    expected_var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    torch.testing.assert_close(first.running_var, expected_var, rtol=1e-4, atol=1e-5)
+    assert first.momentum == 0.1 and not first.training
+    after = model.trunk.network.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("layer4.") and ("running_" in k or k.endswith("num_batches_tracked"))
+                           for k in changed)
+
+
+def test_adapted_batchnorm_warms_the_heads_up_again(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(multihead.training.tune, "_selection_score", _always_better())
+    torch.manual_seed(0)
+    config = TrainConfig(tune_from="layer4", tune_batchnorm="adapted", **TINY)
+    result = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None, cache_dir=tmp_path)
+    parts = [str(r["part"]) for r in result.history]
+    assert any(p.startswith("warm-up") for p in parts) and any(p.startswith("adapted warm-up") for p in parts)
+    assert parts.index(next(p for p in parts if p.startswith("adapted"))) < parts.index(
+        next(p for p in parts if p.startswith("tune")))
+    assert result.model.trunk.tuned_from == "layer4"
+    with pytest.raises(ValueError, match="tune_batchnorm must be 'train', 'frozen' or 'adapted'"):
+        TrainConfig(tune_from="layer4", tune_batchnorm="recomputed")
 
 
 def test_batchnorm_frozen_keeps_the_statistics(tiny_data, tmp_path, monkeypatch):

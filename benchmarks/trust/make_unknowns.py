@@ -5,6 +5,8 @@ photographs that the installed packages bundle (scikit-learn's ``china.jpg`` and
 page's scikit-image photographs are not installed here, so these stand in for them.
 
     python benchmarks/trust/make_unknowns.py /tmp/unknowns     # 96 PNG files, 512x512, seeded, + 20 photographs
+    python benchmarks/trust/make_unknowns.py /tmp/unknowns-1 1  # a second set: other noise, text and patterns,
+                                                                # the photographs cut at random instead of quadrants
 """
 
 from __future__ import annotations
@@ -67,9 +69,18 @@ def _photographs() -> list[tuple[str, Image.Image]]:
     return found
 
 
+def _crops(rng: np.random.Generator, w: int, h: int, seed: int) -> list[tuple[int, int, int, int]]:
+    """Four crops (x, y, width, height): the quadrants for seed 0 (the committed set), random ones otherwise."""
+    if seed == 0:
+        return [(x, y, w // 2, h // 2) for x, y in ((0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2))]
+    sizes = rng.uniform(0.3, 0.7, (4, 2)) * (w, h)
+    return [(int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch)), int(cw), int(ch)) for cw, ch in sizes]
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/unknowns")
-    rng = np.random.default_rng(0)
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    rng = np.random.default_rng(seed)
     for kind, make in (("noise", _noise), ("text", _text), ("pattern", _pattern)):
         (out / kind).mkdir(parents=True, exist_ok=True)
         for i in range(32):
@@ -80,9 +91,10 @@ def main() -> None:
         stem = Path(name).stem
         image.save(out / "photo" / f"{stem}.png")
         w, h = image.size
-        for i, (x, y) in enumerate(((0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2))):
-            image.crop((x, y, x + w // 2, y + h // 2)).save(out / "photo" / f"{stem}_q{i}.png")
-    print(f"wrote {96 + 5 * len(photos)} images to {out} ({len(photos)} photographs, each whole and in quadrants)")
+        for i, (x, y, cw, ch) in enumerate(_crops(rng, w, h, seed)):
+            image.crop((x, y, x + cw, y + ch)).save(out / "photo" / f"{stem}_q{i}.png")
+    print(f"wrote {96 + 5 * len(photos)} images to {out} ({len(photos)} photographs, each whole and in "
+          f"{'quadrants' if seed == 0 else 'four random crops'})")
 
 
 if __name__ == "__main__":

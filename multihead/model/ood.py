@@ -14,6 +14,11 @@ model this lets every breast and oral image of the sample pass (9 of 14 and 3 of
 while every unknown image is still flagged; a scale that put the largest leave-one-out distance on the pooled
 median instead made those organs swallow unknown images (AUROC 1.00 -> 0.92), and is not used (docs/trust.md).
 Unfitted, the threshold is infinite: nothing is flagged.
+
+``fit(..., num_read=n)`` reads only the first ``n`` features (the projection's other rows are zero, so shapes
+and scoring stay the same). A tuned trunk's OOD score reads the pooled stages below its cut, which the tuning
+did not move: the tuned stages learn to tell the trained classes apart and lose what tells a scanned page from
+a slide (issue 17: AUROC 0.99 -> 1.00 and unknowns flagged 70 % -> 100 %, docs/trust.md).
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ class MahalanobisOOD(nn.Module):
 
     def fit(self, features: torch.Tensor, organs: torch.Tensor, val_features: torch.Tensor | None = None,
             val_organs: torch.Tensor | None = None, *, organ_mask: torch.Tensor,
-            tpr: float = DEFAULT_TPR) -> MahalanobisOOD:
+            tpr: float = DEFAULT_TPR, num_read: int | None = None) -> MahalanobisOOD:
         """Fit the score on training features ``[N, F]`` (organ indices ``[N]``) and its threshold on
         validation features (the training ones when none are given).
 
@@ -97,21 +102,26 @@ class MahalanobisOOD(nn.Module):
         puts its :data:`SCALE_QUANTILE` quantile on the pooled one (one covariance fits the large organs, not
         one whose images spread more); with fewer, its median out-of-sample distance on the pooled median,
         shrunk toward 1 by its image count. The threshold is the ``tpr`` quantile of the validation scores.
+        ``num_read``: only the first ``num_read`` features are read (default: all).
         """
         if not 0.0 < tpr < 1.0:
             raise ValueError(f"tpr must be in (0, 1), got {tpr!r}")
         if len(features) < 2:
             raise ValueError(f"the out-of-distribution score needs training images; got {len(features)}")
-        x = features.detach().cpu().double()
+        num_features = self.mean.shape[0]
+        num_read = num_features if num_read is None else num_read
+        if not 0 < num_read <= num_features:
+            raise ValueError(f"num_read must be in [1, {num_features}], got {num_read!r}")
+        x = features.detach().cpu().double()[:, :num_read]
         organs = organs.cpu()
         mean = x.mean(0)
         centred = x - mean
         components = self.projection.shape[1]
         _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        basis = torch.zeros(x.shape[1], components, dtype=torch.float64)
+        basis = torch.zeros(num_features, components, dtype=torch.float64)  # rows past num_read stay zero
         kept = min(components, vh.shape[0])
-        basis[:, :kept] = vh[:kept].T
-        z = centred @ basis
+        basis[:num_read, :kept] = vh[:kept].T
+        z = centred @ basis[:num_read]
         present = sorted(set(organs.tolist()))
         means = torch.zeros(self.class_means.shape[0], components, dtype=torch.float64)
         for organ in present:
@@ -121,7 +131,7 @@ class MahalanobisOOD(nn.Module):
         covariance += _RIDGE * covariance.diagonal().mean() * torch.eye(components, dtype=torch.float64)
         values, vectors = torch.linalg.eigh(covariance)
         whiten = vectors @ torch.diag(values.clamp_min(1e-12).rsqrt()) @ vectors.T
-        self.mean.copy_(mean.float())
+        self.mean.zero_()[:num_read] = mean.float()
         self.projection.copy_((basis @ whiten).float())
         self.class_means.copy_((means @ whiten).float())
         separate_val = val_features is not None and len(val_features) > 0

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from .trunk import Trunk
 
-__all__ = ["AUTO_TUNE_FROM", "STEM", "TrunkSplit", "resolve_tune_from", "split_trunk"]
+__all__ = ["AUTO_TUNE_FROM", "STEM", "TrunkSplit", "resolve_tune_from", "split_trunk", "untuned_features"]
 
 AUTO_TUNE_FROM = {
     "mobilenet_v2": "features.14",
@@ -161,3 +161,17 @@ def split_trunk(trunk: Trunk, tune_from: str) -> TrunkSplit:
     if cut is None:
         raise ValueError("tune_from='none' leaves the trunk frozen: there is nothing to split")
     return TrunkSplit(trunk, cut)
+
+
+def untuned_features(trunk: Trunk) -> int:
+    """How many leading features of ``trunk(images)`` its tuning left as they were: all of them for a frozen
+    trunk; for a tuned one, the pooled stages below its cut (0 when the stem was tuned or no stage is pooled
+    below the cut). The out-of-distribution score reads these (:mod:`multihead.model.ood`)."""
+    if trunk.tuned_from is None:
+        return trunk.num_features
+    if trunk.tuned_from == STEM:
+        return 0
+    parts = TrunkSplit(trunk, trunk.tuned_from)
+    device = next(trunk.parameters()).device
+    with torch.no_grad():
+        return parts.bottom_forward(torch.zeros(1, 3, 64, 64, device=device))[1].shape[1]

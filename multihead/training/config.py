@@ -77,8 +77,8 @@ class TrainConfig:
         if self.tune_from != "none" and self.views == "augmented":
             raise ValueError("views='augmented' runs images through the frozen trunk; with tune_from the maps are "
                              "augmented instead (tune_views)")
-        if self.tune_batchnorm not in ("train", "frozen"):
-            raise ValueError(f"tune_batchnorm must be 'train' or 'frozen', got {self.tune_batchnorm!r}")
+        if self.tune_batchnorm not in ("train", "frozen", "adapted"):
+            raise ValueError(f"tune_batchnorm must be 'train', 'frozen' or 'adapted', got {self.tune_batchnorm!r}")
         if self.tune_views not in ("none", "flips", "dihedral"):
             raise ValueError(f"tune_views must be 'none', 'flips' or 'dihedral', got {self.tune_views!r}")
         if not isinstance(self.stages, str):

@@ -13,6 +13,7 @@ from ..features.dataset import FeatureSet
 from ..model.heads import MultiHeadModel
 from ..model.ood import DEFAULT_TPR
 from ..model.thresholds import DEFAULT_CONFIDENCE_LEVEL, DEFAULT_TARGET_ACCURACY, images_to_certify
+from ..model.trunk_split import untuned_features
 
 __all__ = ["fit_ood", "fit_temperatures", "fit_thresholds", "fit_trust"]
 
@@ -63,13 +64,17 @@ def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: 
 def fit_ood(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None = None, *,
             tpr: float = DEFAULT_TPR) -> dict[str, object]:
     """Fit the out-of-distribution score on training features and its threshold on validation features
-    (:class:`~multihead.model.ood.MahalanobisOOD`); returns the threshold and each organ's scale."""
+    (:class:`~multihead.model.ood.MahalanobisOOD`); returns the threshold and each organ's scale.
+
+    A tuned trunk's score reads only the pooled stages below its cut (:func:`untuned_features`), or every
+    feature when none is pooled there."""
     use_val = val is not None and len(val) > 0
+    num_read = untuned_features(model.trunk) or model.trunk.num_features
     model.ood.fit(train.features[:, 0], train.organs, val.features[:, 0] if use_val else None,
-                  val.organs if use_val else None, organ_mask=model.organ_mask, tpr=tpr)
+                  val.organs if use_val else None, organ_mask=model.organ_mask, tpr=tpr, num_read=num_read)
     scales = {name: round(float(scale), 4) for name, scale, ok in
               zip(model.taxonomy.organ_names, model.ood.organ_scale.tolist(), model.organ_mask.tolist()) if ok}
-    return {"score": "mahalanobis", "components": model.ood.projection.shape[1],
+    return {"score": "mahalanobis", "components": model.ood.projection.shape[1], "features_read": num_read,
             "threshold": float(model.ood.threshold), "tpr": tpr, "fitted_on": len(train),
             "threshold_from": "val" if use_val else "train", "organ_scale": scales,
             "scale_rule": {name: model.ood.scale_rules_.get(index, "pooled")
