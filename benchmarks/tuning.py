@@ -38,6 +38,20 @@ SAMPLE = REPO.parent / "shared" / "data" / "multi-cancer-sample"
 WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2-imagenet-features.safetensors"
 
 
+def model_and_maps(scan, split: Split, config: TrainConfig, cache_dir: Path | None,
+                   subsets: tuple[str, ...] = ("train", "val", "test")) -> tuple:
+    """MobileNetV2 with ImageNet weights and untrained heads as ``config`` says, its trunk cut at
+    ``config.tune_from``, and the maps at the cut of each subset of ``split`` (cached in ``cache_dir``);
+    returns ``(model, parts, maps, seconds the maps took)``."""
+    model = create_model("mobilenet_v2", WEIGHTS, scan.taxonomy, trunk_stages=config.trunk_stages,
+                         image_size=config.image_size, seed=config.seed)
+    parts = split_trunk(model.trunk, config.tune_from)
+    started = time.perf_counter()
+    maps = {subset: labelled_maps(model, parts, scan, split.files(subset), cache_dir=cache_dir)[0]
+            for subset in subsets}
+    return model, parts, maps, round(time.perf_counter() - started, 1)
+
+
 def per_organ(model: multihead.MultiHeadModel, data) -> dict[str, float]:
     """End-to-end accuracy per organ with images (organ and subtype both right)."""
     with torch.no_grad():
@@ -130,14 +144,8 @@ def main() -> None:
     if split_seed:
         name += f"-split{split_seed}"
     scan = scan_dataset(args.data)
-    model = create_model("mobilenet_v2", WEIGHTS, scan.taxonomy, trunk_stages=config.trunk_stages,
-                         image_size=config.image_size, seed=config.seed)
-    parts = split_trunk(model.trunk, config.tune_from)
-    timings: dict[str, object] = {}
-    started = time.perf_counter()
-    maps = {subset: labelled_maps(model, parts, scan, split.files(subset), cache_dir=args.cache_dir)[0]
-            for subset in ("train", "val", "test")}
-    timings["maps_s"] = round(time.perf_counter() - started, 1)
+    model, parts, maps, maps_s = model_and_maps(scan, split, config, args.cache_dir)
+    timings: dict[str, object] = {"maps_s": maps_s}
     print(f"{name}: maps {timings['maps_s']} s", flush=True)
 
     started = time.perf_counter()

@@ -20,14 +20,11 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from tuning import SAMPLE, WEIGHTS, summary  # noqa: E402
+from tuning import SAMPLE, model_and_maps, summary  # noqa: E402
 
 from multihead.benchmark import machine_info  # noqa: E402
 from multihead.data.scan import scan_dataset  # noqa: E402
 from multihead.data.splits import Split  # noqa: E402
-from multihead.features.maps import labelled_maps  # noqa: E402
-from multihead.model.heads import create_model  # noqa: E402
-from multihead.model.trunk_split import split_trunk  # noqa: E402
 from multihead.training import TrainConfig  # noqa: E402
 from multihead.training.heads import fit_heads  # noqa: E402
 from multihead.training.tune import adapt_batchnorm, top_features  # noqa: E402
@@ -43,12 +40,7 @@ def main() -> None:
     config = TrainConfig(image_size=448, seed=args.seed, tune_from="auto")
     torch.manual_seed(args.seed)
     split = Split.load(args.split)
-    scan = scan_dataset(SAMPLE)
-    model = create_model("mobilenet_v2", WEIGHTS, scan.taxonomy, trunk_stages=config.trunk_stages,
-                         image_size=config.image_size, seed=config.seed)
-    parts = split_trunk(model.trunk, config.tune_from)
-    maps = {s: labelled_maps(model, parts, scan, split.files(s), cache_dir=args.cache_dir)[0]
-            for s in ("train", "val", "test")}
+    model, parts, maps, _ = model_and_maps(scan_dataset(SAMPLE), split, config, args.cache_dir)
     result: dict[str, object] = {"split_seed": int(split.info.get("seed", 0)), "seed": args.seed}
     for label in ("frozen", "adapted_statistics"):
         started = time.perf_counter()

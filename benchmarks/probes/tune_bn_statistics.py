@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from multihead.benchmark import machine_info
-from multihead.data.scan import scan_dataset
-from multihead.data.splits import Split
-from multihead.evaluation.metrics import feature_metrics
-from multihead.features.maps import labelled_maps
-from multihead.model.heads import create_model
-from multihead.model.trunk_split import split_trunk
-from multihead.training import TrainConfig
-from multihead.training.heads import feature_statistics, fit_heads
-from multihead.training.tune import organ_balanced_accuracy, top_features
-
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO.parent / "shared" / "data" / "multi-cancer-sample"
-WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2-imagenet-features.safetensors"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from tuning import SAMPLE, model_and_maps  # noqa: E402
+
+from multihead.benchmark import machine_info  # noqa: E402
+from multihead.data.scan import scan_dataset  # noqa: E402
+from multihead.data.splits import Split  # noqa: E402
+from multihead.evaluation.metrics import feature_metrics  # noqa: E402
+from multihead.training import TrainConfig  # noqa: E402
+from multihead.training.heads import feature_statistics, fit_heads  # noqa: E402
+from multihead.training.tune import organ_balanced_accuracy, top_features  # noqa: E402
 
 
 def main() -> None:
@@ -43,11 +42,7 @@ def main() -> None:
     config = TrainConfig(image_size=448, seed=0, tune_from="auto")
     torch.manual_seed(0)
     split = Split.load(REPO / "docs" / "accuracy" / "split.json")
-    scan = scan_dataset(SAMPLE)
-    model = create_model("mobilenet_v2", WEIGHTS, scan.taxonomy, trunk_stages=config.trunk_stages,
-                         image_size=config.image_size, seed=config.seed)
-    parts = split_trunk(model.trunk, config.tune_from)
-    maps = {s: labelled_maps(model, parts, scan, split.files(s), cache_dir=args.cache_dir)[0] for s in ("train", "val")}
+    model, parts, maps, _ = model_and_maps(scan_dataset(SAMPLE), split, config, args.cache_dir, ("train", "val"))
     train, val = top_features(parts, maps["train"], model), top_features(parts, maps["val"], model)
     fit_heads(model, train, val, config)
     _, std = feature_statistics(train)

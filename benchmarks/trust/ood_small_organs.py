@@ -44,6 +44,20 @@ SMALL = ("breast", "kidney", "oral")
 KINDS = ("noise", "text", "pattern", "photo")
 
 
+def split_features(model: multihead.MultiHeadModel, cache: Path) -> dict:
+    """Identity-view features of the model's own split (train, val, test), through ``cache``."""
+    split = Split(model.metadata["split"]["files"], model.metadata["split"]["info"])
+    scan = scan_dataset(DATA)
+    return {part: dataset_features(model, scan, split.files(part), views=VIEWS[:1], cache_dir=cache)[0]
+            for part in ("train", "val", "test")}
+
+
+def folder_features(model: multihead.MultiHeadModel, folder: Path, cache: Path) -> tuple[list[Path], torch.Tensor]:
+    """The images of ``folder`` in name order, and their identity-view features ``[N, F]``."""
+    paths = sorted(expand_inputs([folder]))
+    return paths, extract_features(model, paths, views=VIEWS[:1], cache_dir=cache)[0][:, 0]
+
+
 def _example_probabilities(model: multihead.MultiHeadModel) -> torch.Tensor:
     images = torch.stack([model.preprocessing.load(p) for p in sorted(EXAMPLES.glob("*.jpg"))])
     return run_batch(model, images, InferenceConfig(backend="torch", channels_last=False)).joint_log_probs
@@ -161,15 +175,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model = multihead.load(args.model)
-    split = Split(model.metadata["split"]["files"], model.metadata["split"]["info"])
-    scan = scan_dataset(DATA)
-    sets = {part: dataset_features(model, scan, split.files(part), views=VIEWS[:1], cache_dir=args.cache)[0]
-            for part in ("train", "val", "test")}
-    example_paths = sorted(expand_inputs([EXAMPLES]))
-    example_features = extract_features(model, example_paths, views=VIEWS[:1], cache_dir=args.cache)[0][:, 0]
-    unknown_paths = sorted(expand_inputs([args.unknowns]))
-    unknown_features = extract_features(model, unknown_paths, views=VIEWS[:1], cache_dir=args.cache)[0][:, 0]
-    examples, unknowns = (example_paths, example_features), (unknown_paths, unknown_features)
+    sets = split_features(model, args.cache)
+    examples, unknowns = folder_features(model, EXAMPLES, args.cache), folder_features(model, args.unknowns, args.cache)
 
     result: dict[str, object] = {
         "model": args.model.name, "date": time.strftime("%Y-%m-%d"),
@@ -186,7 +193,7 @@ def main() -> None:
         result["ood_fit_after"] = model.metadata["trust"]["ood"]
         result["after"] = measure(model, sets, examples, unknowns)
         if args.resamples:
-            result["resampled_small_organs"] = resample(model, sets, unknown_features, args.resamples)
+            result["resampled_small_organs"] = resample(model, sets, unknowns[1], args.resamples)
         if args.write:
             stored = read_header(args.model)["trunk"].get("stored_dtype", "float32")
             multihead.save(model, args.model, trunk_dtype=stored)

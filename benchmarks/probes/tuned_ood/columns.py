@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "trust"))
+
+from ood_small_organs import KINDS, folder_features, split_features
+
 import multihead
-from multihead.data import VIEWS, scan_dataset
-from multihead.data.folders import expand_inputs
-from multihead.data.splits import Split
 from multihead.evaluation.trust import ood_metrics
-from multihead.features import dataset_features, extract_features
 from multihead.model.ood import MahalanobisOOD
 from multihead.model.trunk_split import resolve_tune_from, untuned_features
-
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "multi-cancer-sample"
-KINDS = ("noise", "text", "pattern", "photo")
 
 
 def main() -> None:
@@ -37,12 +35,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model = multihead.load(args.model)
-    split = Split(model.metadata["split"]["files"], model.metadata["split"]["info"])
-    scan = scan_dataset(DATA)
-    sets = {p: dataset_features(model, scan, split.files(p), views=VIEWS[:1], cache_dir=args.cache)[0]
-            for p in ("train", "val", "test")}
-    paths = sorted(expand_inputs([args.unknowns]))
-    unknowns = extract_features(model, paths, views=VIEWS[:1], cache_dir=args.cache)[0][:, 0]
+    sets = split_features(model, args.cache)
+    paths, unknowns = folder_features(model, args.unknowns, args.cache)
     kinds = np.array([p.parent.name for p in paths])
     total = model.trunk.num_features
     trunk = model.trunk
