@@ -348,10 +348,19 @@ def test_cli_train_with_tune_from(tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "m.safetensors"
     result = CliRunner().invoke(app, [
         "train", str(tiny_data), "--out", str(out), "--trunk-weights", "none", "--image-size", "64", "--epochs", "2",
-        "--tune-from", "auto", "--tune-epochs", "1", "--cache-dir", str(tmp_path / "cache")])
+        "--tune-from", "auto", "--tune-epochs", "1", "--tune-batchnorm", "adapted", "--tune-views", "dihedral",
+        "--tune-head-lr", "3e-4", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     assert "tuning trunk 'resnet18' from 'layer4' up" in result.stderr
-    assert multihead.model.checkpoint.read_header(out)["trunk"]["tuned_from"] == "layer4"
+    header = multihead.model.checkpoint.read_header(out)
+    assert header["trunk"]["tuned_from"] == "layer4"
+    config = header["metadata"]["training"]["config"]
+    assert (config["tune_batchnorm"], config["tune_views"], config["tune_head_lr"]) == ("adapted", "dihedral", 3e-4)
+    # the option reached the tuning, not only the recorded config; each warm-up's epochs are named as such
+    assert "warm-up:multihead epoch 2" in result.stderr and "adapted warm-up:multihead epoch 2" in result.stderr
+    wrong = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), "--tune-from", "auto",
+                                     "--tune-batchnorm", "sometimes"])
+    assert_handled_exit(wrong, 2, "'sometimes' is not one of train, frozen, adapted")
     bad = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out), "--trunk-weights", "none",
                                    "--method", "per-organ", "--tune-from", "auto"])
     assert_handled_exit(bad, 2, "one tuned trunk cannot serve them")

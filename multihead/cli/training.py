@@ -80,6 +80,17 @@ def train(
     tune_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of tuning (after the heads' warm-up).")
                            ] = None,
     tune_lr: Annotated[float | None, typer.Option(min=0.0, help="AdamW learning rate of the tuned stages.")] = None,
+    tune_head_lr: Annotated[float | None, typer.Option(
+        min=0.0, help="AdamW learning rate of the router and heads while the stages are tuned.")] = None,
+    tune_batchnorm: Annotated[str | None, typer.Option(
+        callback=_one_of("train", "frozen", "adapted"),
+        help="BatchNorm of the tuned stages: train (batch statistics while tuning, the default), frozen "
+             "(ImageNet's statistics), or adapted (first re-estimated on the training maps and the heads warmed "
+             "up again, then as train; docs/training.md).")] = None,
+    tune_views: Annotated[str | None, typer.Option(
+        callback=_one_of("none", "flips", "dihedral"),
+        help="Views of the cached maps while tuning: none, flips (the default) or dihedral (flips and "
+             "90-degree rotations).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N: where to train (tuning is what a GPU speeds up).")
                       ] = "cpu",
 ) -> None:
@@ -100,7 +111,9 @@ def train(
         config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                                           views=views, image_size=image_size, stages=stages,
                                           target_accuracy=target_accuracy, abstain=False if no_abstain else None,
-                                          tune_from=tune_from, tune_epochs=tune_epochs, tune_lr=tune_lr)
+                                          tune_from=tune_from, tune_epochs=tune_epochs, tune_lr=tune_lr,
+                                          tune_head_lr=tune_head_lr, tune_batchnorm=tune_batchnorm,
+                                          tune_views=tune_views)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     weights = None if trunk_weights.lower() == "none" else trunk_weights

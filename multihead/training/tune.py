@@ -128,6 +128,14 @@ def _schedule(total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _named(part: str, on_epoch: Callable[[dict[str, object]], None] | None
+           ) -> Callable[[dict[str, object]], None] | None:
+    """``on_epoch`` told which warm-up an epoch belongs to, as the history will name it."""
+    if on_epoch is None:
+        return None
+    return lambda record: on_epoch({**record, "part": f"{part}:{record['part']}"})
+
+
 def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSet | None, config: TrainConfig, *,
              on_epoch: Callable[[dict[str, object]], None] | None = None,
              on_progress: Callable[[str, int, int], None] | None = None) -> list[dict[str, object]]:
@@ -142,7 +150,7 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
     device = model.device
     frozen_train = top_features(parts, train, model)
     frozen_val = top_features(parts, val, model) if val is not None and len(val) else None
-    history = fit_heads(model, frozen_train, frozen_val, config, on_epoch=on_epoch)
+    history = fit_heads(model, frozen_train, frozen_val, config, on_epoch=_named("warm-up", on_epoch))
     for record in history:
         record["part"] = f"warm-up:{record['part']}"
     # the published top with its warmed-up heads (on raw features: no standardisation to fold) is a candidate
@@ -153,7 +161,7 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
         adapt_batchnorm(parts, train, model, batch_size=config.batch_size)
         frozen_train = top_features(parts, train, model)
         frozen_val = top_features(parts, val, model) if frozen_val is not None else None
-        adapted = fit_heads(model, frozen_train, frozen_val, config, on_epoch=on_epoch)
+        adapted = fit_heads(model, frozen_train, frozen_val, config, on_epoch=_named("adapted warm-up", on_epoch))
         for record in adapted:
             record["part"] = f"adapted warm-up:{record['part']}"
         history += adapted
