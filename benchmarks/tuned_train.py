@@ -53,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune-from", default="auto")
     parser.add_argument("--px", type=int, default=448)
+    parser.add_argument("--batchnorm", default="train", choices=("train", "frozen", "adapted"),
+                        help="--tune-batchnorm of the command")
     parser.add_argument("--data", type=Path, default=DATA, help="a folder under the shared sample's layout")
     parser.add_argument("--split", type=Path, default=None, help="e.g. docs/accuracy/split.json (the committed one)")
     parser.add_argument("--work", type=Path, required=True, help="checkpoint and cache folder; its cache must be new")
@@ -60,14 +62,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tuned-train.jsonl")
     args = parser.parse_args()
 
-    name = f"mobilenet_v2-{args.px}-tune-{args.tune_from}"
+    name = f"mobilenet_v2-{args.px}-tune-{args.tune_from}" + (f"-bn-{args.batchnorm}" if args.batchnorm != "train"
+                                                                else "")
     cache, checkpoint = args.work / f"{name}-cache", args.work / f"{name}.safetensors"
     if cache.exists():
         shutil.rmtree(cache)  # a cold cache: the extraction is part of the time
     args.work.mkdir(parents=True, exist_ok=True)
     command = ["train", str(args.data), "--out", str(checkpoint), "--trunk", "mobilenet_v2", "--trunk-weights",
                str(WEIGHTS), "--image-size", str(args.px), "--cache-dir", str(cache), "--tune-from", args.tune_from,
-               *(["--split", str(args.split)] if args.split else [])]
+               *(["--split", str(args.split)] if args.split else []),
+               *(["--tune-batchnorm", args.batchnorm] if args.batchnorm != "train" else [])]
     machine = machine_info()
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "multihead", *command], capture_output=True, text=True)
@@ -100,6 +104,7 @@ def main() -> None:
         "tuned_from": model.trunk.tuned_from,
         "epochs": [{k: r.get(k) for k in ("epoch", "part", "val", "organ_balanced_accuracy", "best")}
                    for r in model.metadata["history"] if str(r["part"]).startswith("tune")],
+        "ood_features_read": model.metadata["trust"]["ood"]["features_read"],
         "test_whole_trunk": {"calibrated": calibrated, "temperature_1": uncalibrated},
         "ood": {"threshold": ood["threshold"], "unknowns": ood["unknowns"], "targets": ood["targets"],
                 "flagged": ood["flagged"]},

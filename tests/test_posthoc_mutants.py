@@ -59,3 +59,16 @@ def test_an_organ_with_one_training_image_and_no_validation_image_keeps_the_pool
     assert report["scale_rule"] == {"all": "own", "brain": "own", "lymphoma": "own", "oral": "pooled"}
     assert report["organ_scale"]["oral"] == 1.0
     assert all(report["organ_scale"][name] != 1.0 for name in ("all", "brain", "lymphoma"))
+
+
+@pytest.mark.parametrize(("tuned_from", "read"), [(None, 960), ("layer3", 64 + 128), ("stem", 960)])
+def test_fit_ood_reads_what_tuning_left_as_it_was(tuned_from, read):
+    """A tuned trunk's score reads the pooled stages below its cut; a frozen one, and a stem-tuned one (nothing
+    is left untuned there), read every feature."""
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto", seed=0)
+    if tuned_from is not None:
+        model.trunk.mark_tuned(tuned_from)
+    report = fit_ood(model, _features(model, n_per_class=6, seed=1), _features(model, n_per_class=4, seed=2))
+    assert report["features_read"] == read
+    projection = model.ood.projection
+    assert projection[:read].abs().sum(dim=1).min() > 0 and not projection[read:].any()
