@@ -238,6 +238,7 @@ def _seed_spread() -> list[str]:
 
 TUNED_TRAIN = REPO / "benchmarks" / "results" / "tuned-train.jsonl"
 TUNED_OOD_REFIT = REPO / "benchmarks" / "results" / "tuned-ood-refit*.json"
+TUNING_SIZE = 448  # the input size the tuning settings were searched at (and the other splits run at)
 PICKED_KEYS = ("image_size", "method", "tune_lr", "tune_head_lr", "tune_batchnorm", "tune_views")
 
 
@@ -294,10 +295,12 @@ def _tuning() -> list[str]:
         cells += _organ_changes(frozen, tuned)
         cells.append(f"{statistics.median(epochs):.0f}" if epochs else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    best = _picked(committed)
+    best = _picked(committed, TUNING_SIZE)
     trained = _jsonl(TUNED_TRAIN)
     lines += _tuning_verdict(committed, best, _other_splits(rows, best), trained)
+    lines += _other_sizes(committed)
     lines += _statistics_only(_jsonl(REPO / "docs" / "accuracy" / "adapted-statistics-only.jsonl"))
+    lines += _frozen_beside_tuned(_jsonl(REPO / "docs" / "accuracy" / "frozen-beside-tuned.jsonl"))
     lines += _tuned_train(trained)
     lines += _tuned_ood_refit(sorted(TUNED_OOD_REFIT.parent.glob(TUNED_OOD_REFIT.name)))
     machines = sorted({f"{r['machine']['cpu_model']}, {r['machine']['torch_threads']} threads" for r in rows})
@@ -306,12 +309,37 @@ def _tuning() -> list[str]:
     return lines
 
 
-def _picked(rows: list[dict]) -> dict | None:
-    """The library-recipe multihead row with the best organ-balanced validation accuracy (seed 0: other seeds
-    repeat a configuration, they are not candidates)."""
+def _picked(rows: list[dict], image_size: int) -> dict | None:
+    """The library-recipe multihead row at ``image_size`` with the best organ-balanced validation accuracy
+    (seed 0: other seeds repeat a configuration, they are not candidates)."""
     candidates = [r for r in rows if r.get("heads_space") and r["config"]["method"] == "multihead"
-                  and r["config"]["seed"] == 0]
+                  and r["config"]["seed"] == 0 and r["config"]["image_size"] == image_size]
     return max(candidates, key=lambda r: r["tuned"]["val"]["organ_balanced"]) if candidates else None
+
+
+def _other_sizes(rows: list[dict]) -> list[str]:
+    """The library-recipe multihead rows at the other input sizes (640 px is the default): what validation kept."""
+    others = [r for r in rows if r.get("heads_space") and r["config"]["method"] == "multihead"
+              and r["config"]["seed"] == 0 and r["config"]["image_size"] != TUNING_SIZE]
+    if not others:
+        return []
+    lines = ["", f"**At other input sizes** (the committed split, seed 0; the picked settings above were searched at "
+             f"{TUNING_SIZE} px, where an epoch costs half as much):", ""]
+    for row in others:
+        config, frozen, tuned = row["config"], row["frozen"], row["tuned"]
+        epochs = [r for r in row["history"] if str(r["part"]).startswith("tune")]
+        top = max(epochs, key=lambda r: r["organ_balanced_accuracy"])
+        kept = (f"kept epoch {row['best_epoch']}" if row["best_epoch"] else
+                "validation kept the frozen top: no tuning epoch beat its organ-balanced validation accuracy")
+        lines.append(
+            f"- {config['image_size']} px, BatchNorm {config['tune_batchnorm']}: {kept} (frozen "
+            f"{_pct(frozen['val']['organ_balanced'])}, best tuning epoch {top['epoch']} "
+            f"{_pct(top['organ_balanced_accuracy'])}; validation accuracy {_pct(frozen['val']['accuracy'])} frozen, "
+            f"{_pct(max(r['val']['accuracy'] for r in epochs))} at best tuned). Test: all subtypes "
+            f"{_pct(frozen['test']['accuracy'])} -> {_pct(tuned['test']['accuracy'])}, "
+            + ", ".join(f"{o} {_pct(frozen['test']['organs'][o])} -> {_pct(tuned['test']['organs'][o])}"
+                        for o in GOAL_ORGANS) + ".")
+    return lines
 
 
 def _other_splits(rows: list[dict], best: dict | None) -> list[dict]:
@@ -422,7 +450,9 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
     brains = [r["tuned"]["test"]["organs"].get("brain", 0.0) for r in splits]
     losses = sorted({o for r in splits for o in GOAL_ORGANS if o != "brain"
                      and r["tuned"]["test"]["organs"][o] < r["frozen"]["test"]["organs"][o] - 0.005})
-    run = next((r for r in trained if r["tuned_from"] and r["name"].endswith("-tune-auto")), None)
+    timed = [r for r in trained if r["tuned_from"] and "-tune-auto" in r["name"]]
+    run = next((r for r in timed if _timed_batchnorm(r) == best["config"]["tune_batchnorm"]),
+               next(iter(timed), None))  # the picked BatchNorm's timed run, else the one there is
     met = {
         f"brain >= {_pct(PAPER_TEST_ACCURACY['brain'])} % (the paper)"
         + (f" (tuned brain on the {len(splits)} splits: {', '.join(_pct(b) for b in brains)})" if len(splits) > 1
@@ -437,16 +467,21 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
     if run:
         calibrated = run["test_whole_trunk"]["calibrated"]["ece"]
         minutes = run["wall_s"] / 60
-        timed = "the timed checkpoint, BatchNorm train"  # benchmarks/tuned_train.py ran before "adapted" existed
+        batchnorm = _timed_batchnorm(run)
+        timed = f"the timed checkpoint, BatchNorm {batchnorm}"
         met[f"calibration error <= 0.03 ({timed}, temperatures fitted: {calibrated:.3f})"] = calibrated <= 0.03
         refit = REPO / "benchmarks" / "results" / "tuned-ood-refit-intel-xeon-2c.json"
-        after = json.loads(refit.read_text())["after"]["unknowns"] if refit.is_file() else None
+        # the refit is of the train-mode checkpoint, timed before its OOD score read only the untuned features
+        after = (json.loads(refit.read_text())["after"]["unknowns"] if refit.is_file() and batchnorm == "train"
+                 and "ood_features_read" not in run else None)
         met[f"OOD AUROC on the trust page's unknowns >= 0.99 ({timed}: {run['ood']['unknowns']['auroc']:.4f}, "
             f"{_pct(run['ood']['unknowns']['flagged'])} % flagged"
             + (f"; refitted on the untuned features: {after['auroc']:.4f}, {_pct(after['flagged'])} % flagged"
                if after else "") + ")"] = run["ood"]["unknowns"]["auroc"] >= 0.99
+        extra = ("; adapted adds a pass over the training maps and a second warm-up"
+                 if batchnorm == "train" and best["config"]["tune_batchnorm"] == "adapted" else "")
         met[f"`multihead train --tune-from auto` within 15 minutes, extraction included ({timed}: "
-            f"{minutes:.1f} min; adapted adds a pass over the training maps and a second warm-up)"] = minutes <= 15
+            f"{minutes:.1f} min{extra})"] = minutes <= 15
     config = best["config"]
     same = [r for r in rows if r.get("heads_space") and r["config"]["method"] != "multihead" and all(
         r["config"][k] == config[k] for k in PICKED_KEYS if k != "method")]
@@ -487,6 +522,12 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
     ]
 
 
+def _timed_batchnorm(run: dict) -> str:
+    """The ``--tune-batchnorm`` of a timed command (``train`` when not given)."""
+    words = run["command"].split()
+    return words[words.index("--tune-batchnorm") + 1] if "--tune-batchnorm" in words else "train"
+
+
 def _statistics_only(runs: list[dict]) -> list[str]:
     """benchmarks/probes/adapted_statistics_only.py: the top's BatchNorm statistics re-estimated, no weight moved."""
     if not runs:
@@ -509,6 +550,55 @@ def _statistics_only(runs: list[dict]) -> list[str]:
                  f"{_pct(frozen['test']['accuracy'])} -> {_pct(adapted['test']['accuracy'])}"]
         cells += _organ_changes(frozen, adapted)
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _frozen_beside_tuned(runs: list[dict]) -> list[str]:
+    """benchmarks/probes/frozen_beside_tuned.py: new heads on the tuned features, with and without the published
+    top's pooled features beside them, against new heads on the frozen features."""
+    if not runs:
+        return []
+    lines = [
+        "",
+        "**The frozen top's features beside the tuned ones** (`benchmarks/probes/frozen_beside_tuned.py`, "
+        "`docs/accuracy/frozen-beside-tuned.jsonl`): would keeping the published top's pooled features next to "
+        "the tuned top's protect the small organs? (At inference the top stages would run twice, once as "
+        "published and once tuned.) From the cached maps of a tuned run above, three sets of heads are trained "
+        "the same way (the run's settings and seed, epoch picked on validation): on the frozen features, on the "
+        "tuned features alone (the control: the tuned run's own heads are retrained), and on both. Accuracy in "
+        "%, frozen / tuned / both:",
+        "",
+        "| split | BatchNorm | kept epoch of the run | features | val | organ-balanced val | test | "
+        + " | ".join(GOAL_ORGANS) + " | router test |",
+        "|---:|---|---:|---|---|---|---|" + "---|" * len(GOAL_ORGANS) + "---|",
+    ]
+    tuning = {r["name"]: r for r in _jsonl(REPO / "docs" / "accuracy" / "tuning.jsonl")}
+    for run in runs:
+        parts = [run[k] for k in ("frozen", "tuned", "both")]
+        kept = tuning.get(run["checkpoint"].removesuffix(".safetensors"), {}).get("best_epoch")
+
+        def three(pick, parts=parts) -> str:
+            return " / ".join(_pct(pick(part)) for part in parts)
+
+        cells = [str(run["split_seed"]), run["config"]["tune_batchnorm"], str(kept or "none"),
+                 " / ".join(f"{run['features'][k]:,}" for k in ("frozen", "tuned", "both")),
+                 three(lambda x: x["val"]["accuracy"]), three(lambda x: x["val"]["organ_balanced"]),
+                 three(lambda x: x["test"]["accuracy"])]
+        cells += [three(lambda x, o=o: x["test"]["organs"].get(o)) for o in GOAL_ORGANS]
+        cells.append(three(lambda x: x["test"]["router"]))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    def change(pick, against: str) -> str:
+        deltas = [100 * (pick(run["both"]) - pick(run[against])) for run in runs]
+        return f"{statistics.mean(deltas):+.1f} ({min(deltas):+.1f} to {max(deltas):+.1f})"
+
+    for against in ("tuned", "frozen"):
+        lines += ["", f"Both against {against}, mean over the rows in points (smallest to largest): validation "
+                  + change(lambda x: x["val"]["accuracy"], against) + "; organ-balanced validation "
+                  + change(lambda x: x["val"]["organ_balanced"], against) + "; test "
+                  + change(lambda x: x["test"]["accuracy"], against) + "; "
+                  + "; ".join(f"{o} {change(lambda x, o=o: x['test']['organs'][o], against)}" for o in GOAL_ORGANS)
+                  + "."]
     return lines
 
 
