@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tuned-train.jsonl")
     args = parser.parse_args()
 
-    name = f"mobilenet_v2-{args.px}-tune-{args.tune_from}" + (f"-bn-{args.batchnorm}" if args.batchnorm != "train"
-                                                                else "")
+    suffix = "" if args.batchnorm == "train" else f"-bn-{args.batchnorm}"
+    name = f"mobilenet_v2-{args.px}-tune-{args.tune_from}{suffix}"
     cache, checkpoint = args.work / f"{name}-cache", args.work / f"{name}.safetensors"
     if cache.exists():
         shutil.rmtree(cache)  # a cold cache: the extraction is part of the time
