@@ -405,6 +405,11 @@ def _seed_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _mean_range(deltas: list[float]) -> str:
+    """Changes in points as "mean (smallest to largest)"."""
+    return f"{statistics.mean(deltas):+.1f} ({min(deltas):+.1f} to {max(deltas):+.1f})"
+
+
 def _split_table(rows: list[dict]) -> list[str]:
     """Frozen against tuned on each split, and the mean change over the splits (each split's own pair)."""
     lines = [
@@ -427,8 +432,7 @@ def _split_table(rows: list[dict]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
 
     def change(pick) -> str:
-        deltas = [100 * (pick(r["tuned"]) - pick(r["frozen"])) for r in rows]
-        return f"{statistics.mean(deltas):+.1f} ({min(deltas):+.1f} to {max(deltas):+.1f})"
+        return _mean_range([100 * (pick(r["tuned"]) - pick(r["frozen"])) for r in rows])
 
     lines += [
         "",
@@ -589,8 +593,7 @@ def _frozen_beside_tuned(runs: list[dict]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
 
     def change(pick, against: str) -> str:
-        deltas = [100 * (pick(run["both"]) - pick(run[against])) for run in runs]
-        return f"{statistics.mean(deltas):+.1f} ({min(deltas):+.1f} to {max(deltas):+.1f})"
+        return _mean_range([100 * (pick(run["both"]) - pick(run[against])) for run in runs])
 
     for against in ("tuned", "frozen"):
         lines += ["", f"Both against {against}, mean over the rows in points (smallest to largest): validation "
@@ -631,7 +634,7 @@ def _tuned_train(runs: list[dict]) -> list[str]:
         calibrated = test["calibrated"]
         cells = [
             run["name"].split("-")[1],
-            f"tuned from `{run['tuned_from']}`" if run["tuned_from"] else "frozen",
+            f"tuned from `{run['tuned_from']}`, BatchNorm {_timed_batchnorm(run)}" if run["tuned_from"] else "frozen",
             f"{kept or 'frozen'} of {len(run['epochs'])}" if run["epochs"] else "n/a",
             f"{run['wall_s'] / 60:.1f} min", "n/a" if extraction is None else f"{extraction / 60:.1f} min",
             "n/a" if training is None else f"{training / 60:.1f} min",
@@ -643,12 +646,11 @@ def _tuned_train(runs: list[dict]) -> list[str]:
             f"{run['machine']['load_average_1m']:.1f} / {run['machine']['load_average_1m_after']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    tuned = next((r for r in runs if r["tuned_from"]), None)
     frozen = next((r for r in runs if not r["tuned_from"]), None)
-    if tuned and frozen:
+    for tuned in (r for r in runs if r["tuned_from"] and frozen):
         a, b = tuned["test_whole_trunk"]["calibrated"], frozen["test_whole_trunk"]["calibrated"]
-        lines += ["", f"The tuned checkpoint against the frozen one the same command writes with `--tune-from none`: "
-                  f"test {_pct(a['accuracy'])} against {_pct(b['accuracy'])}, "
+        lines += ["", f"The tuned checkpoint (BatchNorm {_timed_batchnorm(tuned)}) against the frozen one the same "
+                  f"command writes with `--tune-from none`: test {_pct(a['accuracy'])} against {_pct(b['accuracy'])}, "
                   + ", ".join(f"{o} {_pct(a['organs'].get(o))} against {_pct(b['organs'].get(o))}" for o in GOAL_ORGANS)
                   + f"; unknowns flagged {_pct(tuned['ood']['unknowns']['flagged'])} % against "
                   f"{_pct(frozen['ood']['unknowns']['flagged'])} %. (Their times are not comparable when the load "
