@@ -330,7 +330,7 @@ def test_ood_reading_the_first_features_equals_a_fit_on_those_features_alone():
     for wrong in (0, 5):
         with pytest.raises(ValueError, match=rf"num_read must be in \[1, 4\], got {wrong}"):
             MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=wrong)
-    # the smallest allowed: one feature read (a mutant refusing it survived the second ood.py run)
+    # the smallest allowed: one feature read (a mutant refusing it survived the run after num_read came)
     one = MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=1)
     assert torch.equal(one.projection[1:], torch.zeros(3, 4)) and float(one.projection.abs().sum()) > 0
 
