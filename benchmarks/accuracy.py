@@ -298,12 +298,14 @@ def _tuning() -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     best = _picked(committed, TUNING_SIZE)
     trained = _jsonl(TUNED_TRAIN)
-    lines += _tuning_verdict(committed, best, _other_splits(rows, best), trained)
+    calibration = _jsonl(TUNED_CALIBRATION)
+    lines += _tuning_verdict(committed, best, _other_splits(rows, best), trained, calibration)
     lines += _other_sizes(committed)
     lines += _statistics_only(_jsonl(REPO / "docs" / "accuracy" / "adapted-statistics-only.jsonl"))
-    lines += _frozen_beside_tuned(_jsonl(REPO / "docs" / "accuracy" / "frozen-beside-tuned.jsonl"))
+    kept = {r["name"]: r["best_epoch"] for r in rows}
+    lines += _frozen_beside_tuned(_jsonl(REPO / "docs" / "accuracy" / "frozen-beside-tuned.jsonl"), kept)
     lines += _tuned_train(trained)
-    lines += _tuned_calibration(_jsonl(TUNED_CALIBRATION))
+    lines += _tuned_calibration(calibration, kept)
     lines += _tuned_ood_refit(sorted(TUNED_OOD_REFIT.parent.glob(TUNED_OOD_REFIT.name)))
     machines = sorted({f"{r['machine']['cpu_model']}, {r['machine']['torch_threads']} threads" for r in rows})
     lines += ["", f"Machine: {'; '.join(machines)}; dates {min(r['date'] for r in rows)} to "
@@ -445,7 +447,8 @@ def _split_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], trained: list[dict]) -> list[str]:
+def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], trained: list[dict],
+                    calibration: list[dict]) -> list[str]:
     """Which tuned configuration validation picks, and the issue's targets judged on its test figures."""
     from multihead.evaluation import PAPER_TEST_ACCURACY
 
@@ -475,7 +478,7 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
         minutes = run["wall_s"] / 60
         batchnorm = _timed_batchnorm(run)
         timed = f"the timed checkpoint, BatchNorm {batchnorm}"
-        seeded = [r["tuned"]["ece"] for r in _jsonl(TUNED_CALIBRATION)
+        seeded = [r["tuned"]["ece"] for r in calibration
                   if r["tune_batchnorm"] == best["config"]["tune_batchnorm"]]
         over_seeds = (f"; over {len(seeded)} training seeds, from the cached maps: {min(seeded):.3f} to "
                       f"{max(seeded):.3f}, at most 0.03 in {sum(e <= 0.03 for e in seeded)}" if len(seeded) > 1 else "")
@@ -564,7 +567,7 @@ def _statistics_only(runs: list[dict]) -> list[str]:
     return lines
 
 
-def _frozen_beside_tuned(runs: list[dict]) -> list[str]:
+def _frozen_beside_tuned(runs: list[dict], kept: dict[str, int | None]) -> list[str]:
     """benchmarks/probes/frozen_beside_tuned.py: new heads on the tuned features, with and without the published
     top's pooled features beside them, against new heads on the frozen features."""
     if not runs:
@@ -583,15 +586,14 @@ def _frozen_beside_tuned(runs: list[dict]) -> list[str]:
         + " | ".join(GOAL_ORGANS) + " | router test |",
         "|---:|---|---:|---|---|---|---|" + "---|" * len(GOAL_ORGANS) + "---|",
     ]
-    tuning = {r["name"]: r for r in _jsonl(REPO / "docs" / "accuracy" / "tuning.jsonl")}
     for run in runs:
         parts = [run[k] for k in ("frozen", "tuned", "both")]
-        kept = tuning.get(run["checkpoint"].removesuffix(".safetensors"), {}).get("best_epoch")
+        epoch = kept.get(run["checkpoint"].removesuffix(".safetensors"))
 
         def three(pick, parts=parts) -> str:
             return " / ".join(_pct(pick(part)) for part in parts)
 
-        cells = [str(run["split_seed"]), run["config"]["tune_batchnorm"], str(kept or "none"),
+        cells = [str(run["split_seed"]), run["config"]["tune_batchnorm"], str(epoch or "none"),
                  " / ".join(f"{run['features'][k]:,}" for k in ("frozen", "tuned", "both")),
                  three(lambda x: x["val"]["accuracy"]), three(lambda x: x["val"]["organ_balanced"]),
                  three(lambda x: x["test"]["accuracy"])]
@@ -669,7 +671,7 @@ def _tuned_train(runs: list[dict]) -> list[str]:
     return lines
 
 
-def _tuned_calibration(runs: list[dict]) -> list[str]:
+def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[str]:
     """benchmarks/probes/tuned_calibration.py: test ECE of tuned checkpoints and their frozen pairs over seeds."""
     if not runs:
         return []
@@ -686,7 +688,6 @@ def _tuned_calibration(runs: list[dict]) -> list[str]:
         "| change [95% CI] | ECE at T = 1, frozen -> tuned | brain T tuned |",
         "|---|---:|---:|---|---|---|---|---|---:|",
     ]
-    kept = {r["name"]: r["best_epoch"] for r in _jsonl(REPO / "docs" / "accuracy" / "tuning.jsonl")}
     for run in sorted(runs, key=lambda r: (r["tune_batchnorm"], r["seed"])):
         frozen, tuned, ci = run["frozen"], run["tuned"], run["ece_ci95"]
         lines.append("| " + " | ".join([
@@ -706,9 +707,9 @@ def _tuned_calibration(runs: list[dict]) -> list[str]:
                        + ", ".join(f"{r['tuned']['ece'] - r['frozen']['ece']:+.3f}" for r in mine)
                        + ", the interval holding 0 in "
                        f"{sum(r['change_ci95'][0] <= 0 <= r['change_ci95'][1] for r in mine)} of {len(mine)}")
-    frozen_eces = sorted({(r["seed"], r["frozen"]["ece"]) for r in runs})
+    frozen_eces = {r["seed"]: r["frozen"]["ece"] for r in runs}  # one frozen model per seed
     lines += ["", "Per BatchNorm mode: " + "; ".join(summary) + ". Frozen: "
-              + ", ".join(f"{e:.3f}" for _, e in frozen_eces) + " over its seeds."]
+              + ", ".join(f"{frozen_eces[seed]:.3f}" for seed in sorted(frozen_eces)) + " over its seeds."]
     return lines
 
 

@@ -91,7 +91,7 @@ def main() -> None:
         tuned = multihead.load(checkpoint)
         config = TrainConfig(**tuned.metadata["training"]["config"])
         torch.manual_seed(config.seed)  # as tuning.py: the frozen column is then the same heads
-        frozen, frozen_parts, maps, _ = model_and_maps(scan, split, config, args.cache_dir, ("train", "val", "test"))
+        frozen, frozen_parts, maps, _ = model_and_maps(scan, split, config, args.cache_dir)
         key = (config.seed, config.image_size, config.tune_from)
         if key not in frozen_by_seed:  # the frozen column does not depend on the tuned run's BatchNorm mode
             published = {s: top_features(frozen_parts, maps[s], frozen) for s in maps}
