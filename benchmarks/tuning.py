@@ -137,7 +137,8 @@ def main() -> None:
                          tune_batchnorm=args.batchnorm,
                          tune_views=args.views, tune_patience=args.epochs)  # all epochs: the curve is the result
     name = (f"mobilenet_v2-{args.px}-{args.method}-tune-{args.tune_from}-bn-{args.batchnorm}-{args.views}"
-            f"-lr{args.tune_lr:g}-head{args.tune_head_lr:g}-seed{args.seed}")
+            f"-lr{args.tune_lr:g}-head{args.tune_head_lr:g}" + (f"-ep{args.epochs}" if args.epochs != 8 else "")
+            + f"-seed{args.seed}")
     torch.manual_seed(args.seed)
     split = Split.load(args.split)
     split_seed = int(split.info.get("seed", 0))
