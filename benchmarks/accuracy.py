@@ -302,6 +302,12 @@ def _tuning() -> list[str]:
     trained = _jsonl(TUNED_TRAIN)
     calibration = _jsonl(TUNED_CALIBRATION)
     lines += _tuning_verdict(committed, best, _other_splits(rows, best), trained, calibration)
+    for row in committed:  # the other configurations run on the other splits too
+        splits = _other_splits(rows, row)
+        if row is not best and row.get("heads_space") and row["config"]["method"] == "multihead" and len(splits) > 1:
+            config = row["config"]
+            lines += _split_table(splits, f"BatchNorm {config['tune_batchnorm']}, {config['tune_views']}, "
+                                          f"stage lr {config['tune_lr']:g}, head lr {config['tune_head_lr']:g},")
     lines += _other_sizes(committed)
     lines += _statistics_only(_jsonl(REPO / "docs" / "accuracy" / "adapted-statistics-only.jsonl"))
     kept = {r["name"]: r["best_epoch"] for r in rows}
@@ -435,11 +441,11 @@ def _mean_range(deltas: list[float]) -> str:
     return f"{statistics.mean(deltas):+.1f} ({min(deltas):+.1f} to {max(deltas):+.1f})"
 
 
-def _split_table(rows: list[dict]) -> list[str]:
+def _split_table(rows: list[dict], label: str = "The picked configuration") -> list[str]:
     """Frozen against tuned on each split, and the mean change over the splits (each split's own pair)."""
     lines = [
         "",
-        f"**The picked configuration on {len(rows)} leak-free splits** (the committed one, seed 0, and the ones "
+        f"**{label} on {len(rows)} leak-free splits** (the committed one, seed 0, and the ones "
         "the input-size probe made with seeds 1-3; each split tunes from its own warmed-up frozen heads). Test "
         "accuracy in %, frozen -> tuned:",
         "",
@@ -501,8 +507,9 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
         timed = f"the timed checkpoint, BatchNorm {batchnorm}, {_timed_option(run, '--tune-views', 'flips')}"
         picked_names = {r["name"] for r in seeds}
         seeded = [r["tuned"]["ece"] for r in calibration if r["checkpoint"] in picked_names]
-        over_seeds = (f"; over {len(seeded)} training seeds, from the cached maps: {min(seeded):.3f} to "
-                      f"{max(seeded):.3f}, at most 0.03 in {sum(e <= 0.03 for e in seeded)}" if len(seeded) > 1 else "")
+        over_seeds = (f"; the picked configuration over {len(seeded)} training seeds, from the cached maps: "
+                      f"{min(seeded):.3f} to {max(seeded):.3f}, at most 0.03 in {sum(e <= 0.03 for e in seeded)}"
+                      if len(seeded) > 1 else "")
         met[f"calibration error <= 0.03 ({timed}, temperatures fitted: {calibrated:.3f}{over_seeds})"] = (
             calibrated <= 0.03 and all(e <= 0.03 for e in seeded))
         refit = REPO / "benchmarks" / "results" / "tuned-ood-refit-intel-xeon-2c.json"
@@ -700,6 +707,12 @@ def _tuned_train(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _probed_settings(run: dict) -> str:
+    """A probed checkpoint's BatchNorm mode and map views (the views as its name from benchmarks/tuning.py says)."""
+    views = next((v for v in ("dihedral", "none") if f"-{v}-" in run["checkpoint"]), "flips")
+    return f"{run['tune_batchnorm']}, {views}"
+
+
 def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[str]:
     """benchmarks/probes/tuned_calibration.py: test ECE of tuned checkpoints and their frozen pairs over seeds."""
     if not runs:
@@ -713,14 +726,14 @@ def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[st
         "test images, from the cached maps (float16), with 95 % bootstrap intervals over the test images and the "
         "paired change (the same resampled images for both):",
         "",
-        "| BatchNorm | seed | kept epoch | test frozen -> tuned | ECE frozen [95% CI] | ECE tuned [95% CI] "
+        "| BatchNorm, map views | seed | kept epoch | test frozen -> tuned | ECE frozen [95% CI] | ECE tuned [95% CI] "
         "| change [95% CI] | ECE at T = 1, frozen -> tuned | brain T tuned |",
         "|---|---:|---:|---|---|---|---|---|---:|",
     ]
-    for run in sorted(runs, key=lambda r: (r["tune_batchnorm"], r["seed"])):
+    for run in sorted(runs, key=lambda r: (_probed_settings(r), r["seed"])):
         frozen, tuned, ci = run["frozen"], run["tuned"], run["ece_ci95"]
         lines.append("| " + " | ".join([
-            run["tune_batchnorm"], str(run["seed"]), str(kept.get(run["checkpoint"]) or "none (frozen kept)"),
+            _probed_settings(run), str(run["seed"]), str(kept.get(run["checkpoint"]) or "none (frozen kept)"),
             f"{_pct(frozen['accuracy'])} -> {_pct(tuned['accuracy'])}",
             f"{frozen['ece']:.3f} [{ci['frozen'][0]:.3f}, {ci['frozen'][1]:.3f}]",
             f"{tuned['ece']:.3f} [{ci['tuned'][0]:.3f}, {ci['tuned'][1]:.3f}]",
@@ -728,8 +741,8 @@ def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[st
             f"{frozen['ece_t1']:.3f} -> {tuned['ece_t1']:.3f}", f"{tuned['temperatures'].get('brain', 1.0):.2f}",
         ]) + " |")
     summary = []
-    for mode in sorted({r["tune_batchnorm"] for r in runs}):
-        mine = [r for r in runs if r["tune_batchnorm"] == mode]
+    for mode in sorted({_probed_settings(r) for r in runs}):
+        mine = [r for r in runs if _probed_settings(r) == mode]
         eces = [r["tuned"]["ece"] for r in mine]
         summary.append(f"{mode}: tuned ECE {min(eces):.3f} to {max(eces):.3f} over {len(mine)} seeds, at most 0.03 "
                        f"in {sum(e <= 0.03 for e in eces)}; change against frozen "
@@ -737,7 +750,7 @@ def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[st
                        + ", the interval holding 0 in "
                        f"{sum(r['change_ci95'][0] <= 0 <= r['change_ci95'][1] for r in mine)} of {len(mine)}")
     frozen_eces = {r["seed"]: r["frozen"]["ece"] for r in runs}  # one frozen model per seed
-    lines += ["", "Per BatchNorm mode: " + "; ".join(summary) + ". Frozen: "
+    lines += ["", "Per BatchNorm mode and map views: " + "; ".join(summary) + ". Frozen: "
               + ", ".join(f"{frozen_eces[seed]:.3f}" for seed in sorted(frozen_eces)) + " over its seeds."]
     return lines
 
