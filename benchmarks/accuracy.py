@@ -305,9 +305,7 @@ def _tuning() -> list[str]:
     for row in committed:  # the other configurations run on the other splits too
         splits = _other_splits(rows, row)
         if row is not best and row.get("heads_space") and row["config"]["method"] == "multihead" and len(splits) > 1:
-            config = row["config"]
-            lines += _split_table(splits, f"BatchNorm {config['tune_batchnorm']}, {config['tune_views']}, "
-                                          f"stage lr {config['tune_lr']:g}, head lr {config['tune_head_lr']:g},")
+            lines += _split_table(splits, _settings(row) + ",")
     lines += _other_sizes(committed)
     lines += _statistics_only(_jsonl(REPO / "docs" / "accuracy" / "adapted-statistics-only.jsonl"))
     kept = {r["name"]: r["best_epoch"] for r in rows}
@@ -384,11 +382,9 @@ def _repeated(rows: list[dict]) -> list[list[dict]]:
 
 def _seed_table(rows: list[dict]) -> list[str]:
     """Frozen against tuned for each training seed on the committed split: how much of a change is the seed's."""
-    config = rows[0]["config"]
     lines = [
         "",
-        f"**BatchNorm {config['tune_batchnorm']}, {config['tune_views']}, stage lr {config['tune_lr']:g}, head lr "
-        f"{config['tune_head_lr']:g}, with {len(rows)} training seeds** on the committed split (the seed sets the "
+        f"**{_settings(rows[0])}, with {len(rows)} training seeds** on the committed split (the seed sets the "
         "heads' initialisation, the order of the batches and the map views; the frozen heads are warmed up with "
         "the same seed). Accuracy in %, frozen -> tuned:",
         "",
@@ -419,6 +415,14 @@ def _seed_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _settings(row: dict) -> str:
+    """A tuning run's settings as the page names a configuration (the cut only when it is not `auto`'s)."""
+    config = row["config"]
+    cut = "" if config["tune_from"] == "auto" else f"tuned from `{row['cut']}`, "
+    return (f"{cut}BatchNorm {config['tune_batchnorm']}, {config['tune_views']}, stage lr {config['tune_lr']:g}, "
+            f"head lr {config['tune_head_lr']:g}")
+
+
 def _seed_means(groups: list[list[dict]]) -> list[str]:
     """The configurations run with several seeds side by side, best mean organ-balanced validation first."""
     if len(groups) < 2:
@@ -428,7 +432,7 @@ def _seed_means(groups: list[list[dict]]) -> list[str]:
         return statistics.mean(pick(r) for r in rows)
 
     ranked = sorted(groups, key=lambda g: -mean(g, lambda r: r["tuned"]["val"]["organ_balanced"]))
-    cells = [f"BatchNorm {g[0]['config']['tune_batchnorm']}, {g[0]['config']['tune_views']} ({len(g)} seeds): "
+    cells = [f"{_settings(g[0])} ({len(g)} seeds): "
              f"{_pct(mean(g, lambda r: r['tuned']['val']['organ_balanced']))} validation, "
              f"{_pct(mean(g, lambda r: r['tuned']['test']['accuracy']))} test, "
              f"{_pct(mean(g, lambda r: r['tuned']['test']['organs']['brain']))} brain" for g in ranked]
