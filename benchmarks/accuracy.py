@@ -313,6 +313,8 @@ def _tuning() -> list[str]:
     lines += _tuned_train(trained)
     lines += _tuned_calibration(calibration, kept)
     lines += _tuned_ood_refit(sorted(TUNED_OOD_REFIT.parent.glob(TUNED_OOD_REFIT.name)))
+    curve = REPO / "docs" / "accuracy" / "brain-data-curve.json"
+    lines += _brain_data_curve(json.loads(curve.read_text())) if curve.is_file() else []
     machines = sorted({f"{r['machine']['cpu_model']}, {r['machine']['torch_threads']} threads" for r in rows})
     lines += ["", f"Machine: {'; '.join(machines)}; dates {min(r['date'] for r in rows)} to "
               f"{max(r['date'] for r in rows)}. Seconds per epoch include the validation pass.", ""]
@@ -491,8 +493,11 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
     losses = sorted({o for r in splits for o in GOAL_ORGANS if o != "brain"
                      and r["tuned"]["test"]["organs"][o] < r["frozen"]["test"]["organs"][o] - 0.005})
     timed = [r for r in trained if r["tuned_from"] and "-tune-auto" in r["name"]]
-    run = next((r for r in timed if _timed_batchnorm(r) == best["config"]["tune_batchnorm"]),
-               next(iter(timed), None))  # the picked BatchNorm's timed run, else the one there is
+    picked = (best["config"]["tune_batchnorm"], best["config"]["tune_views"])
+    run = next((r for r in reversed(timed) if (_timed_batchnorm(r), _timed_option(r, "--tune-views", "flips"))
+                == picked), next((r for r in reversed(timed) if _timed_batchnorm(r) == picked[0]),
+                                 next(iter(timed), None)))  # the latest timed run of the picked settings, else the
+    # latest of its BatchNorm mode, else the first there is
     met = {
         f"brain >= {_pct(PAPER_TEST_ACCURACY['brain'])} % (the paper)"
         + (f" (tuned brain on the {len(splits)} splits: {', '.join(_pct(b) for b in brains)})" if len(splits) > 1
@@ -508,26 +513,31 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
         calibrated = run["test_whole_trunk"]["calibrated"]["ece"]
         minutes = run["wall_s"] / 60
         batchnorm = _timed_batchnorm(run)
-        timed = f"the timed checkpoint, BatchNorm {batchnorm}, {_timed_option(run, '--tune-views', 'flips')}"
+        described = f"the timed checkpoint, BatchNorm {batchnorm}, {_timed_option(run, '--tune-views', 'flips')}"
         picked_names = {r["name"] for r in seeds}
         seeded = [r["tuned"]["ece"] for r in calibration if r["checkpoint"] in picked_names]
         over_seeds = (f"; the picked configuration over {len(seeded)} training seeds, from the cached maps: "
                       f"{min(seeded):.3f} to {max(seeded):.3f}, at most 0.03 in {sum(e <= 0.03 for e in seeded)}"
                       if len(seeded) > 1 else "")
-        met[f"calibration error <= 0.03 ({timed}, temperatures fitted: {calibrated:.3f}{over_seeds})"] = (
+        met[f"calibration error <= 0.03 ({described}, temperatures fitted: {calibrated:.3f}{over_seeds})"] = (
             calibrated <= 0.03 and all(e <= 0.03 for e in seeded))
         refit = REPO / "benchmarks" / "results" / "tuned-ood-refit-intel-xeon-2c.json"
         # the refit is of the train-mode checkpoint, timed before its OOD score read only the untuned features
         after = (json.loads(refit.read_text())["after"]["unknowns"] if refit.is_file() and batchnorm == "train"
                  and "ood_features_read" not in run else None)
-        met[f"OOD AUROC on the trust page's unknowns >= 0.99 ({timed}: {run['ood']['unknowns']['auroc']:.4f}, "
+        met[f"OOD AUROC on the trust page's unknowns >= 0.99 ({described}: {run['ood']['unknowns']['auroc']:.4f}, "
             f"{_pct(run['ood']['unknowns']['flagged'])} % flagged"
             + (f"; refitted on the untuned features: {after['auroc']:.4f}, {_pct(after['flagged'])} % flagged"
                if after else "") + ")"] = run["ood"]["unknowns"]["auroc"] >= 0.99
         extra = ("; adapted adds a pass over the training maps and a second warm-up"
                  if batchnorm == "train" and best["config"]["tune_batchnorm"] == "adapted" else "")
-        met[f"`multihead train --tune-from auto` within 15 minutes, extraction included ({timed}: "
-            f"{minutes:.1f} min{extra})"] = minutes <= 15
+        default = next((r for r in reversed(timed) if _timed_batchnorm(r) == "train"
+                        and _timed_option(r, "--tune-views", "flips") == "flips"), None)
+        if default is not None and default is not run:  # the library's own tuned settings, timed as well
+            extra += (f"; the library's default tuned settings (BatchNorm train, flips, patience 3), latest run: "
+                      f"{default['wall_s'] / 60:.1f} min")
+        met[f"`multihead train --tune-from auto` within 15 minutes, extraction included, for the picked "
+            f"configuration ({described}: {minutes:.1f} min{extra})"] = minutes <= 15
     config = best["config"]
     same = [r for r in rows if r.get("heads_space") and r["config"]["method"] != "multihead" and all(
         r["config"][k] == config[k] for k in PICKED_KEYS if k != "method")]
@@ -569,6 +579,11 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
             f"test {_pct(tuned['accuracy'])}.",
         ] if baselines else []),
     ]
+
+
+def _maps_backend(run: dict) -> str:
+    """What computed a timed tuned run's maps: rows from before `maps_backend` was recorded ran PyTorch."""
+    return f" ({run.get('maps_backend', 'torch')})" if run["tuned_from"] else ""
 
 
 def _timed_batchnorm(run: dict) -> str:
@@ -683,9 +698,11 @@ def _tuned_train(runs: list[dict]) -> list[str]:
         calibrated = test["calibrated"]
         cells = [
             run["name"].split("-")[1],
-            f"tuned from `{run['tuned_from']}`, BatchNorm {_timed_batchnorm(run)}" if run["tuned_from"] else "frozen",
+            f"tuned from `{run['tuned_from']}`, BatchNorm {_timed_batchnorm(run)}, "
+            f"{_timed_option(run, '--tune-views', 'flips')}" if run["tuned_from"] else "frozen",
             f"{kept or 'frozen'} of {len(run['epochs'])}" if run["epochs"] else "n/a",
-            f"{run['wall_s'] / 60:.1f} min", "n/a" if extraction is None else f"{extraction / 60:.1f} min",
+            f"{run['wall_s'] / 60:.1f} min",
+            "n/a" if extraction is None else f"{extraction / 60:.1f} min" + _maps_backend(run),
             "n/a" if training is None else f"{training / 60:.1f} min",
             f"{_pct(calibrated['accuracy'])} [{_pct(calibrated['accuracy_ci95'][0])}, "
             f"{_pct(calibrated['accuracy_ci95'][1])}]",
@@ -698,7 +715,8 @@ def _tuned_train(runs: list[dict]) -> list[str]:
     frozen = next((r for r in runs if not r["tuned_from"]), None)
     for tuned in (r for r in runs if r["tuned_from"] and frozen):
         a, b = tuned["test_whole_trunk"]["calibrated"], frozen["test_whole_trunk"]["calibrated"]
-        lines += ["", f"The tuned checkpoint (BatchNorm {_timed_batchnorm(tuned)}) against the frozen one the same "
+        lines += ["", f"The tuned checkpoint (BatchNorm {_timed_batchnorm(tuned)}, "
+                  f"{_timed_option(tuned, '--tune-views', 'flips')}) against the frozen one the same "
                   f"command writes with `--tune-from none`: test {_pct(a['accuracy'])} against {_pct(b['accuracy'])}, "
                   + ", ".join(f"{o} {_pct(a['organs'].get(o))} against {_pct(b['organs'].get(o))}" for o in GOAL_ORGANS)
                   + f"; unknowns flagged {_pct(tuned['ood']['unknowns']['flagged'])} % against "
@@ -712,9 +730,8 @@ def _tuned_train(runs: list[dict]) -> list[str]:
 
 
 def _probed_settings(run: dict) -> str:
-    """A probed checkpoint's BatchNorm mode and map views (the views as its name from benchmarks/tuning.py says)."""
-    views = next((v for v in ("dihedral", "none") if f"-{v}-" in run["checkpoint"]), "flips")
-    return f"{run['tune_batchnorm']}, {views}"
+    """A probed checkpoint's BatchNorm mode and map views."""
+    return f"{run['tune_batchnorm']}, {run['tune_views']}"
 
 
 def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[str]:
@@ -757,6 +774,36 @@ def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[st
     lines += ["", "Per BatchNorm mode and map views: " + "; ".join(summary) + ". Frozen: "
               + ", ".join(f"{frozen_eces[seed]:.3f}" for seed in sorted(frozen_eces)) + " over its seeds."]
     return lines
+
+
+def _brain_data_curve(curve: dict) -> list[str]:
+    """benchmarks/probes/brain_data_curve.py: brain accuracy of brain-only models against the training images."""
+    counts = sorted({r["train_images"] for r in curve["runs"]})
+    config = curve["config"]
+
+    def cell(trunk: str, count: int) -> str:
+        runs = [r for r in curve["runs"] if r["trunk"] == trunk and r["train_images"] == count]
+        if not runs:
+            return "n/a"
+        kept = " (frozen top kept)" if trunk == "tuned" and all(not r["kept_epoch"] for r in runs) else ""
+        return " / ".join(_pct(statistics.mean(r[s] for r in runs)) for s in ("val", "test")) + kept
+
+    seeds = {t: len({r["seed"] for r in curve["runs"] if r["trunk"] == t}) for t in ("frozen", "tuned")}
+    return [
+        "",
+        "**Brain against its number of training images** (`benchmarks/probes/brain_data_curve.py`, "
+        "`docs/accuracy/brain-data-curve.json`): brain-only models trained on nested, class-stratified fractions "
+        f"of the committed split's brain training images, brain accuracy on its {curve['val_images']} validation "
+        f"and {curve['test_images']} test images, validation / test in %. Frozen: heads trained on the frozen "
+        f"trunk's features, the mean of {seeds['frozen']} head seeds; tuned: `{curve['cut']}` up, BatchNorm "
+        f"{config['tune_batchnorm']}, {config['tune_views']}, stage lr {config['tune_lr']:g}, head lr "
+        f"{config['tune_head_lr']:g}, the epoch kept on validation, {seeds['tuned']} "
+        f"seed{'s' if seeds['tuned'] > 1 else ''}.",
+        "",
+        "| trunk | " + " | ".join(f"{n} images" for n in counts) + " |",
+        "|---|" + "---:|" * len(counts),
+        *[f"| {trunk} | " + " | ".join(cell(trunk, n) for n in counts) + " |" for trunk in ("frozen", "tuned")],
+    ]
 
 
 def _tuned_ood_refit(paths: list[Path]) -> list[str]:

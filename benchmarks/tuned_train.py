@@ -31,6 +31,7 @@ from multihead.data import VIEWS, scan_dataset
 from multihead.data.splits import Split
 from multihead.evaluation.metrics import metrics_report, predict_features
 from multihead.features import dataset_features
+from multihead.inference.backends import resolve_backend
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "multi-cancer-sample"
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--px", type=int, default=448)
     parser.add_argument("--batchnorm", default="train", choices=("train", "frozen", "adapted"),
                         help="--tune-batchnorm of the command")
+    parser.add_argument("--views", default="flips", choices=("none", "flips", "dihedral"),
+                        help="--tune-views of the command")
     parser.add_argument("--data", type=Path, default=DATA, help="a folder under the shared sample's layout")
     parser.add_argument("--split", type=Path, default=None, help="e.g. docs/accuracy/split.json (the committed one)")
     parser.add_argument("--work", type=Path, required=True, help="checkpoint and cache folder; its cache must be new")
@@ -62,7 +65,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tuned-train.jsonl")
     args = parser.parse_args()
 
-    suffix = "" if args.batchnorm == "train" else f"-bn-{args.batchnorm}"
+    suffix = ("" if args.batchnorm == "train" else f"-bn-{args.batchnorm}") + (
+        "" if args.views == "flips" else f"-{args.views}")
     name = f"mobilenet_v2-{args.px}-tune-{args.tune_from}{suffix}"
     cache, checkpoint = args.work / f"{name}-cache", args.work / f"{name}.safetensors"
     if cache.exists():
@@ -71,8 +75,11 @@ def main() -> None:
     command = ["train", str(args.data), "--out", str(checkpoint), "--trunk", "mobilenet_v2", "--trunk-weights",
                str(WEIGHTS), "--image-size", str(args.px), "--cache-dir", str(cache), "--tune-from", args.tune_from,
                *(["--split", str(args.split)] if args.split else []),
-               *(["--tune-batchnorm", args.batchnorm] if args.batchnorm != "train" else [])]
+               *(["--tune-batchnorm", args.batchnorm] if args.batchnorm != "train" else []),
+               *(["--tune-views", args.views] if args.views != "flips" else [])]
     machine = machine_info()
+    # what computes the maps in the command (labelled_maps' backend "auto"); rows without it ran PyTorch's
+    maps_backend = resolve_backend("auto", "fp32", "cpu") if args.tune_from != "none" else None
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "multihead", *command], capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -101,7 +108,7 @@ def main() -> None:
     record = {
         "name": name, "command": "multihead " + " ".join(command).replace(str(REPO.parent), ".."),
         "wall_s": round(wall, 1), "timings": {k: round(v, 1) for k, v in training["timings"].items()},
-        "tuned_from": model.trunk.tuned_from,
+        "tuned_from": model.trunk.tuned_from, "maps_backend": maps_backend,
         "epochs": [{k: r.get(k) for k in ("epoch", "part", "val", "organ_balanced_accuracy", "best")}
                    for r in model.metadata["history"] if str(r["part"]).startswith("tune")],
         "ood_features_read": model.metadata["trust"]["ood"]["features_read"],

@@ -120,7 +120,7 @@ def test_map_cache_is_read_back_memory_mapped_and_keyed_by_file_and_cut(tiny_dat
     calls = []
     real_bottom = parts.bottom_forward
     monkeypatch.setattr(parts, "bottom_forward", lambda images: calls.append(len(images)) or real_bottom(images))
-    first, failed = labelled_maps(model, parts, scan, files, cache_dir=tmp_path)
+    first, failed = labelled_maps(model, parts, scan, files, cache_dir=tmp_path, backend="torch")
     assert failed == [] and sum(calls) == 6
     maps, pooled = first.cache.gather(first.locations)
     assert isinstance(first.cache._shards[0][0], np.memmap) and first.cache._shards[0][0].dtype == np.float16
@@ -138,13 +138,52 @@ def test_map_cache_is_read_back_memory_mapped_and_keyed_by_file_and_cut(tiny_dat
     original = edited.read_bytes()
     try:
         shutil.copy(scan.records[7].path, edited)
-        labelled_maps(model, parts, scan, files, cache_dir=tmp_path)
+        labelled_maps(model, parts, scan, files, cache_dir=tmp_path, backend="torch")
         assert calls == [1]
     finally:
         edited.write_bytes(original)
 
     other_cut = split_trunk(model.trunk, "layer3")  # another cut: another cache folder, nothing shared
     assert MapCache(tmp_path, model, other_cut).directory != first.cache.directory
+
+
+@pytest.mark.parametrize(("name", "cut"), [("mobilenet_v2", "auto"), ("resnet18", "layer1")])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_maps_from_a_cpu_runtime_are_torchs_maps(tiny_data, tmp_path, backend, name, cut):
+    """The bottom on ONNX Runtime or OpenVINO (what "auto" takes when installed) fills the cache with the maps and
+    pooled stages PyTorch computes, up to the cache's float16 rounding; a cut with no pooled stage below too."""
+    pytest.importorskip(backend)
+    model = multihead.create_model(name, trunk_weights=None, image_size=64, trunk_stages="auto")
+    parts = split_trunk(model.trunk, cut)
+    scan = scan_dataset(tiny_data)
+    files = [r.relpath for r in scan.records[:5]]
+    on_torch, _ = labelled_maps(model, parts, scan, files, cache_dir=tmp_path / "torch", backend="torch")
+    on_runtime, failed = labelled_maps(model, parts, scan, files, cache_dir=tmp_path / backend, backend=backend)
+    assert failed == [] and on_runtime.relpaths == on_torch.relpaths
+    expected, found = on_torch.cache.gather(on_torch.locations), on_runtime.cache.gather(on_runtime.locations)
+    assert found[0].shape == expected[0].shape and found[1].shape == expected[1].shape
+    assert (found[1].shape[1] == 0) == (cut == "layer1")
+    torch.testing.assert_close(found[0], expected[0], rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(found[1], expected[1], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_maps_fall_back_to_torch_when_the_runtime_fails(tiny_data, tmp_path, monkeypatch, caplog):
+    import multihead.features.maps as maps_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("openvino (fp32) maps differ from PyTorch's by 1 (relative)")
+
+    monkeypatch.setattr(maps_module, "resolve_backend", lambda backend, precision, device: "openvino")
+    monkeypatch.setattr(maps_module, "open_bottom_runtime", broken)
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64)
+    parts = split_trunk(model.trunk, "auto")
+    scan = scan_dataset(tiny_data)
+    data, failed = labelled_maps(model, parts, scan, [r.relpath for r in scan.records[:2]], cache_dir=tmp_path)
+    assert failed == [] and len(data) == 2
+    assert "the bottom runs in PyTorch" in caplog.text and "differ from PyTorch's" in caplog.text
+    with pytest.raises(RuntimeError, match="differ from PyTorch's"):  # asked for by name: no silent fallback
+        labelled_maps(model, parts, scan, [r.relpath for r in scan.records[2:4]], cache_dir=tmp_path,
+                      backend="openvino")
 
 
 def test_a_shard_of_another_bottom_or_a_damaged_one_is_not_used(tiny_data, tmp_path, caplog):

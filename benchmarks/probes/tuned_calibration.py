@@ -103,7 +103,8 @@ def main() -> None:
         intervals = bootstrap(result["frozen"]["_scores"], result["tuned"]["_scores"])
         record = {
             "checkpoint": checkpoint.stem, "seed": config.seed, "px": config.image_size,
-            "tune_batchnorm": config.tune_batchnorm, "split": args.split.name,
+            "tune_batchnorm": config.tune_batchnorm, "tune_views": config.tune_views,
+            "split": args.split.name,
             **{name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in result.items()},
             "ece_ci95": {k: intervals[k] for k in ("frozen", "tuned")}, "change_ci95": intervals["change"],
             "seconds": round(time.perf_counter() - started, 1), "machine": machine_info(),

@@ -29,6 +29,8 @@ from .._io import atomic_path, atomic_write_text
 from ..data.images import ImageError
 from ..data.loading import load_batches
 from ..data.scan import DatasetScan
+from ..inference.backends import open_bottom_runtime, resolve_backend
+from ..inference.export import bottom_outputs
 from ..model.heads import MultiHeadModel
 from ..model.trunk import fingerprint_state_dict
 from ..model.trunk_split import STEM, TrunkSplit
@@ -152,9 +154,16 @@ class MapSet:
 
 def labelled_maps(model: MultiHeadModel, parts: TrunkSplit, scan: DatasetScan, relpaths: list[str], *,
                   cache_dir: str | os.PathLike | None, batch_size: int = 32, num_workers: int = 0,
+                  backend: str = "auto",
                   progress: Callable[[int, int], None] | None = None) -> tuple[MapSet, list[tuple[str, str]]]:
     """Maps at the cut for ``relpaths`` of a scanned dataset (computed where the cache lacks them), and the
-    files that failed. With the cut at the stem there is nothing to cache: the set reads images live."""
+    files that failed. With the cut at the stem there is nothing to cache: the set reads images live.
+
+    ``backend`` runs the bottom as inference runs the trunk (:class:`~multihead.inference.config.InferenceConfig`):
+    ``"auto"`` takes OpenVINO, then ONNX Runtime, in float32 when installed and on the CPU (checked against
+    PyTorch on a probe batch, PyTorch when that fails), else PyTorch. Their float32 maps differ from PyTorch's
+    by about 1e-6 (relative), far below the cache's float16 rounding, so the cache does not name the backend.
+    """
     by_path = {r.relpath: r for r in scan.records}
     records = [by_path[p] for p in relpaths]
     tax = model.taxonomy
@@ -175,17 +184,14 @@ def labelled_maps(model: MultiHeadModel, parts: TrunkSplit, scan: DatasetScan, r
         except ImageError as err:
             failures.append((index, str(err)))
     todo = [i for i, d in digests.items() if d not in cache.index]
-    if todo:  # channels_last: twice the images per second of MobileNetV2's bottom on a CPU (docs/training.md)
-        parts.bottom.to(memory_format=torch.channels_last)
+    bottom = _bottom_runner(model, parts, backend) if todo else None
     done = 0
     pending: tuple[list[str], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
     for loaded in load_batches([records[i].path for i in todo], model.preprocessing.load, batch_size=batch_size,
                                num_workers=num_workers):
         failures.extend((todo[i], reason) for i, reason in loaded.failures)
         if loaded.images is not None:
-            with torch.inference_mode():
-                images = model.preprocessing.normalize(loaded.images.to(model.device))
-                maps, pooled = parts.bottom_forward(images.contiguous(memory_format=torch.channels_last))
+            maps, pooled = bottom(loaded.images)
             pending[0].extend(digests[todo[i]] for i in loaded.indices)
             pending[1].append(maps.cpu().contiguous())
             pending[2].append(pooled.cpu())
@@ -201,3 +207,33 @@ def labelled_maps(model: MultiHeadModel, parts: TrunkSplit, scan: DatasetScan, r
     ok = [i for i in range(len(records)) if i not in failed]
     data = labelled([records[i] for i in ok], cache, [cache.index[digests[i]] for i in ok])
     return data, [(records[i].relpath, reason) for i, reason in sorted(failures)]
+
+
+def _bottom_runner(model: MultiHeadModel, parts: TrunkSplit, backend: str
+                   ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images -> (maps, pooled stages below the cut), on ``backend`` (see :func:`labelled_maps`)."""
+    resolved = resolve_backend(backend, "fp32", model.device)
+    if resolved != "torch":
+        try:
+            runtime = open_bottom_runtime(model, parts, resolved)
+        except (RuntimeError, ValueError) as err:
+            if backend != "auto":
+                raise
+            log.warning("backend 'auto': %s is not used for the maps, the bottom runs in PyTorch (%s)", resolved, err)
+        else:
+            log.info("maps at %s computed by %s", parts.cut, runtime)
+
+            def on_runtime(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                out = runtime.run(images, bottom_outputs(parts))
+                return out["maps"], out.get("pooled", out["maps"].new_zeros(len(images), 0))
+
+            return on_runtime
+    # channels_last: twice the images per second of MobileNetV2's bottom on a CPU (docs/training.md)
+    parts.bottom.to(memory_format=torch.channels_last)
+
+    def on_torch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            normalized = model.preprocessing.normalize(images.to(model.device))
+            return parts.bottom_forward(normalized.contiguous(memory_format=torch.channels_last))
+
+    return on_torch

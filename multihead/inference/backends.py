@@ -19,6 +19,7 @@ import logging
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 
 from ..model.heads import MultiHeadModel
-from .export import OUTPUTS, check_onnx, export_onnx, require
+from ..model.trunk_split import TrunkSplit
+from .export import OUTPUTS, bottom_outputs, check_onnx, export_bottom_onnx, export_onnx, require
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "installed_backends", "open_runtime",
-           "resolve_backend", "runtime_for"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "installed_backends", "open_bottom_runtime",
+           "open_runtime", "resolve_backend", "runtime_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,13 +155,7 @@ def open_runtime(model: MultiHeadModel, backend: str, *, precision: str = "fp32"
         >>> runtime.features(torch.zeros(1, 3, 640, 640, dtype=torch.uint8)).shape  # doctest: +SKIP
         torch.Size([1, 1976])
     """
-    if backend not in _RUNTIMES:
-        raise ValueError(f"backend must be one of {', '.join(_RUNTIMES)} (torch needs no runtime), got {backend!r}")
-    if precision not in BACKEND_PRECISIONS[backend]:
-        raise ValueError(f"{backend} runs {' or '.join(BACKEND_PRECISIONS[backend])} on the CPU, "
-                         f"got precision {precision!r}")
-    if model.device.type != "cpu":
-        raise ValueError(f"backend {backend!r} runs on the CPU, the model is on {model.device}; use backend='torch'")
+    _check_backend(model, backend, precision)
     threads = threads or torch.get_num_threads()
     if onnx_file is not None:
         check_onnx(onnx_file, model)
@@ -172,16 +168,50 @@ def open_runtime(model: MultiHeadModel, backend: str, *, precision: str = "fp32"
     return runtime
 
 
-def _probe(model: MultiHeadModel, runtime: Runtime) -> None:
-    """Raise unless ``runtime`` gives PyTorch's float32 features on two random images (a wrong conversion shows)."""
+def open_bottom_runtime(model: MultiHeadModel, parts: TrunkSplit, backend: str, *, precision: str = "fp32",
+                        threads: int | None = None) -> Runtime:
+    """Compile the frozen bottom of ``parts`` (``model``'s trunk cut for tuning) for ``backend``: uint8 images ->
+    ``maps`` and, when stages below the cut are pooled, ``pooled`` (the graph of :func:`export_bottom_onnx`),
+    checked against ``parts.bottom_forward`` on a probe batch. Raises as :func:`open_runtime`.
+    """
+    _check_backend(model, backend, precision)
+    with tempfile.TemporaryDirectory(prefix="multihead-onnx-") as folder:
+        path = export_bottom_onnx(model, parts, Path(folder) / "bottom.onnx")
+        runtime = _RUNTIMES[backend](path, precision, threads or torch.get_num_threads(), "exported on the fly")
+
+    def expected(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps, pooled = parts.bottom_forward(model.preprocessing.normalize(images))
+        return {"maps": maps, "pooled": pooled} if "pooled" in bottom_outputs(parts) else {"maps": maps}
+
+    _probe(model, runtime, expected, "maps")
+    return runtime
+
+
+def _check_backend(model: MultiHeadModel, backend: str, precision: str) -> None:
+    if backend not in _RUNTIMES:
+        raise ValueError(f"backend must be one of {', '.join(_RUNTIMES)} (torch needs no runtime), got {backend!r}")
+    if precision not in BACKEND_PRECISIONS[backend]:
+        raise ValueError(f"{backend} runs {' or '.join(BACKEND_PRECISIONS[backend])} on the CPU, "
+                         f"got precision {precision!r}")
+    if model.device.type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU, the model is on {model.device}; use backend='torch'")
+
+
+def _probe(model: MultiHeadModel, runtime: Runtime,
+           expected: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None, what: str = "features") -> None:
+    """Raise unless ``runtime`` gives PyTorch's float32 outputs (``expected(images)``, by default the trunk's
+    features) on two random images: a wrong conversion shows."""
     size = model.preprocessing.image_size
     images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        expected = model.forward_features(model.preprocessing.normalize(images)).float()
-    difference = float((runtime.features(images) - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+        wanted = (expected(images) if expected is not None
+                  else {"features": model.forward_features(model.preprocessing.normalize(images))})
+    found = runtime.run(images, tuple(wanted))
+    difference = max(float((found[name] - value.float()).abs().max() / value.float().abs().max().clamp_min(1e-12))
+                     for name, value in wanted.items())
     tolerance = _PROBE_TOLERANCE[runtime.precision]
     if not difference <= tolerance:  # also catches NaN
-        raise RuntimeError(f"{runtime.backend} ({runtime.precision}) features differ from PyTorch's by "
+        raise RuntimeError(f"{runtime.backend} ({runtime.precision}) {what} differ from PyTorch's by "
                            f"{difference:.2g} (relative) on a probe batch, above {tolerance}; use backend='torch'")
 
 

@@ -13,6 +13,10 @@ Inputs and outputs (the batch axis is dynamic, the image side fixed by the model
 - ``features``: float32 ``[B, F]``, the trunk's pooled features (what the out-of-distribution score reads).
 - ``router_logits`` ``[B, O]``, ``subtype_logits`` ``[B, S]``, ``joint_log_probs`` ``[B, S]``: as in
   :class:`~multihead.model.heads.HeadOutput`.
+
+:func:`export_bottom_onnx` writes another graph, the frozen bottom of a trunk cut for tuning
+(:class:`~multihead.model.trunk_split.TrunkSplit`): ``images`` in, ``maps`` (the map at the cut) and
+``pooled`` (the pooled stages below it) out, which :mod:`multihead.features.maps` caches.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from torch import nn
 from .._io import atomic_path
 from ..model.checkpoint import model_header
 from ..model.heads import MultiHeadModel
+from ..model.trunk_split import TrunkSplit
 
-__all__ = ["DEFAULT_OPSET", "ONNX_FORMAT", "OUTPUTS", "MissingDependencyError", "check_onnx", "export_onnx",
-           "read_onnx_header", "require"]
+__all__ = ["DEFAULT_OPSET", "ONNX_FORMAT", "OUTPUTS", "MissingDependencyError", "bottom_outputs", "check_onnx",
+           "export_bottom_onnx", "export_onnx", "read_onnx_header", "require"]
 
 ONNX_FORMAT = "multihead-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -74,6 +79,25 @@ class _Graph(nn.Module):
         return features, output.router_logits, output.subtype_logits, output.joint_log_probs
 
 
+def bottom_outputs(parts: TrunkSplit) -> tuple[str, ...]:
+    """The outputs of the bottom's graph: ``maps``, and ``pooled`` when stages below the cut are pooled (no
+    zero-width output, which not every runtime takes)."""
+    return ("maps", "pooled") if parts.stages_below else ("maps",)
+
+
+class _Bottom(nn.Module):
+    """What gets traced for the map cache: uint8 images -> normalise -> the frozen bottom of a cut trunk."""
+
+    def __init__(self, model: MultiHeadModel, parts: TrunkSplit) -> None:
+        super().__init__()
+        self.model = model
+        self.parts = parts
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps, pooled = self.parts.bottom_forward(self.model.preprocessing.normalize(images))
+        return (maps, pooled)[:len(bottom_outputs(self.parts))]
+
+
 def _metadata(model: MultiHeadModel) -> dict[str, str]:
     """The checkpoint's header (:func:`~multihead.model.checkpoint.model_header`) under ``multihead.`` keys."""
     fields = {"format": ONNX_FORMAT, "format_version": str(ONNX_FORMAT_VERSION), **model_header(model),
@@ -96,26 +120,52 @@ def export_onnx(model: MultiHeadModel, path: str | os.PathLike, *, opset: int = 
         >>> export_onnx(multihead.load("model.safetensors"), "model.onnx")  # doctest: +SKIP
         PosixPath('model.onnx')
     """
+    model = model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
+    return _export(_Graph(model), model, OUTPUTS, path, opset, _metadata(model))
+
+
+def export_bottom_onnx(model: MultiHeadModel, parts: TrunkSplit, path: str | os.PathLike, *,
+                       opset: int = DEFAULT_OPSET) -> Path:
+    """Write the frozen bottom of ``parts`` (``model``'s trunk cut for tuning) as one ONNX file: uint8 images in,
+    :func:`bottom_outputs` out. ``model`` on the CPU.
+
+    The file carries no checkpoint header: it is built on the fly for the map cache, whose key already names
+    the bottom's weights fingerprint, cut and preprocessing (:class:`~multihead.features.maps.MapCache`).
+
+    Raises: as :func:`export_onnx`.
+    """
+    return _export(_Bottom(model, parts), model, bottom_outputs(parts), path, opset, {})
+
+
+def _export(graph: nn.Module, model: MultiHeadModel, outputs: tuple[str, ...], path: str | os.PathLike, opset: int,
+            props: dict[str, str]) -> Path:
+    """Trace ``graph`` (uint8 images of ``model``'s size in, ``outputs`` out, the batch axis dynamic) into ``path``."""
     onnx = require("onnx")
     if not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
         raise ValueError(f"opset must be an integer from {_MIN_OPSET} to {_MAX_OPSET}, got {opset!r}")
     path = Path(path)
     size = model.preprocessing.image_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
-    graph = _Graph(model if model.device.type == "cpu" else copy.deepcopy(model).cpu())
     buffer = io.BytesIO()
-    dynamic_axes = {name: {0: "batch"} for name in ("images", *OUTPUTS)}
+    dynamic_axes = {name: {0: "batch"} for name in ("images", *outputs)}
+    # the exporter traces in eval mode, then calls train(mode of `graph`) on the wrapper, which would put every
+    # module below it (BatchNorm of a frozen bottom included) in that mode: each module's own mode is restored
+    modes = [(module, module.training) for module in graph.modules()]
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes on constants (mean, std) that are constants indeed
             torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=opset, input_names=["images"],
-                              output_names=list(OUTPUTS), dynamic_axes=dynamic_axes)
+                              output_names=list(outputs), dynamic_axes=dynamic_axes)
     except Exception as err:  # the exporter raises many types; the caller needs one, naming the trunk
         first_line = str(err).splitlines()[0] if str(err) else ""
         raise RuntimeError(f"trunk {model.trunk.name!r} could not be exported to ONNX "
                            f"({type(err).__name__}: {first_line})") from err
+    finally:
+        for module, training in modes:
+            module.training = training
     proto = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(proto, _metadata(model))
+    if props:
+        onnx.helper.set_model_props(proto, props)
     with atomic_path(path) as tmp:
         onnx.save(proto, tmp)
     return path
