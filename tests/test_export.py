@@ -162,10 +162,38 @@ def test_auto_falls_back_to_torch_and_says_why(tiny_model, images, monkeypatch, 
         run_features(tiny_model, images, InferenceConfig(backend="openvino"))
 
 
+_run = backends._OnnxRuntime.run
+
+
+def _zeros(self, batch, outputs=OUTPUTS):
+    """A runtime that answers zeros of the right shapes: a graph that converted wrongly."""
+    return {name: value * 0 for name, value in _run(self, batch, outputs).items()}
+
+
+def _wrong_shape(self, batch, outputs=OUTPUTS):
+    return {name: torch.zeros(len(batch), 3) for name in outputs}
+
+
 def test_a_runtime_that_disagrees_with_torch_is_refused(tiny_model, onnx_file, monkeypatch):
-    monkeypatch.setattr(backends._OnnxRuntime, "features", lambda self, batch: torch.zeros(len(batch), 512))
+    monkeypatch.setattr(backends._OnnxRuntime, "run", _zeros)
     with pytest.raises(RuntimeError, match="features differ from PyTorch's"):
         open_runtime(tiny_model, "onnxruntime", onnx_file=onnx_file)
+
+
+def test_a_bottom_runtime_that_disagrees_with_torch_is_refused(monkeypatch):
+    """The map cache's bottom graph gets the same check: maps that differ from PyTorch's are refused."""
+    from multihead.model.trunk_split import split_trunk
+
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64, trunk_stages="auto")
+    parts = split_trunk(model.trunk, "auto")
+    assert set(backends.open_bottom_runtime(model, parts, "onnxruntime").run(
+        torch.zeros(1, 3, 64, 64, dtype=torch.uint8), ("maps", "pooled"))) == {"maps", "pooled"}
+    monkeypatch.setattr(backends._OnnxRuntime, "run", _zeros)
+    with pytest.raises(RuntimeError, match="maps differ from PyTorch's by 1"):
+        backends.open_bottom_runtime(model, parts, "onnxruntime")
+    monkeypatch.setattr(backends._OnnxRuntime, "run", _wrong_shape)
+    with pytest.raises(RuntimeError, match=r"maps differ from PyTorch's in shape: \(2, 3\) against \(2, 256"):
+        backends.open_bottom_runtime(model, parts, "onnxruntime")
 
 
 def test_cli_export_writes_a_checked_graph(tiny_model, tmp_path):

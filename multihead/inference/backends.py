@@ -207,6 +207,10 @@ def _probe(model: MultiHeadModel, runtime: Runtime,
         wanted = (expected(images) if expected is not None
                   else {"features": model.forward_features(model.preprocessing.normalize(images))})
     found = runtime.run(images, tuple(wanted))
+    for name, value in wanted.items():
+        if found[name].shape != value.shape:
+            raise RuntimeError(f"{runtime.backend} ({runtime.precision}) {what} differ from PyTorch's in shape: "
+                               f"{tuple(found[name].shape)} against {tuple(value.shape)}; use backend='torch'")
     difference = max(float((found[name] - value.float()).abs().max() / value.float().abs().max().clamp_min(1e-12))
                      for name, value in wanted.items())
     tolerance = _PROBE_TOLERANCE[runtime.precision]
