@@ -84,6 +84,8 @@ def main() -> None:
     run = subprocess.run([sys.executable, "-m", "multihead", *command], capture_output=True, text=True)
     wall = time.perf_counter() - started
     (args.work / f"{name}.log").write_text(run.stdout + run.stderr)
+    if "is not used for the maps" in run.stderr:  # the runtime was refused: labelled_maps fell back to PyTorch
+        maps_backend = "torch"
     if run.returncode:
         raise SystemExit(f"multihead train exited {run.returncode}: {run.stderr[-2000:]}")
     load_after = os.getloadavg()
