@@ -746,8 +746,9 @@ def _tuned_train(runs: list[dict]) -> list[str]:
 
 
 def _probed_settings(run: dict) -> str:
-    """A probed checkpoint's BatchNorm mode and map views."""
-    return f"{run['tune_batchnorm']}, {run['tune_views']}"
+    """A probed checkpoint's BatchNorm mode, map views and tuning epochs (when not the default 8)."""
+    epochs = "" if run["tune_epochs"] == 8 else f", {run['tune_epochs']} epochs"
+    return f"{run['tune_batchnorm']}, {run['tune_views']}{epochs}"
 
 
 def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[str]:
@@ -787,8 +788,9 @@ def _tuned_calibration(runs: list[dict], kept: dict[str, int | None]) -> list[st
                        + ", the interval holding 0 in "
                        f"{sum(r['change_ci95'][0] <= 0 <= r['change_ci95'][1] for r in mine)} of {len(mine)}")
     frozen_eces = {r["seed"]: r["frozen"]["ece"] for r in runs}  # one frozen model per seed
-    lines += ["", "Per BatchNorm mode and map views: " + "; ".join(summary) + ". Frozen: "
-              + ", ".join(f"{frozen_eces[seed]:.3f}" for seed in sorted(frozen_eces)) + " over its seeds."]
+    lines += ["", "Per configuration (BatchNorm mode, map views, epochs when not 8): " + "; ".join(summary)
+              + ". Frozen: " + ", ".join(f"{frozen_eces[seed]:.3f}" for seed in sorted(frozen_eces))
+              + " over its seeds."]
     return lines
 
 

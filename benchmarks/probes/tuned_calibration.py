@@ -104,7 +104,7 @@ def main() -> None:
         record = {
             "checkpoint": checkpoint.stem, "seed": config.seed, "px": config.image_size,
             "tune_batchnorm": config.tune_batchnorm, "tune_views": config.tune_views,
-            "split": args.split.name,
+            "tune_epochs": config.tune_epochs, "split": args.split.name,
             **{name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in result.items()},
             "ece_ci95": {k: intervals[k] for k in ("frozen", "tuned")}, "change_ci95": intervals["change"],
             "seconds": round(time.perf_counter() - started, 1), "machine": machine_info(),
