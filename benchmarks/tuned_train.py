@@ -32,6 +32,7 @@ from multihead.data.splits import Split
 from multihead.evaluation.metrics import metrics_report, predict_features
 from multihead.features import dataset_features
 from multihead.inference.backends import resolve_backend
+from multihead.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "multi-cancer-sample"
@@ -58,6 +59,7 @@ def main() -> None:
                         help="--tune-batchnorm of the command")
     parser.add_argument("--views", default="flips", choices=("none", "flips", "dihedral"),
                         help="--tune-views of the command")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.tune_epochs, help="--tune-epochs of the command")
     parser.add_argument("--data", type=Path, default=DATA, help="a folder under the shared sample's layout")
     parser.add_argument("--split", type=Path, default=None, help="e.g. docs/accuracy/split.json (the committed one)")
     parser.add_argument("--work", type=Path, required=True, help="checkpoint and cache folder; its cache must be new")
@@ -66,7 +68,8 @@ def main() -> None:
     args = parser.parse_args()
 
     suffix = ("" if args.batchnorm == "train" else f"-bn-{args.batchnorm}") + (
-        "" if args.views == "flips" else f"-{args.views}")
+        "" if args.views == "flips" else f"-{args.views}") + (
+        "" if args.epochs == TrainConfig.tune_epochs else f"-ep{args.epochs}")
     name = f"mobilenet_v2-{args.px}-tune-{args.tune_from}{suffix}"
     cache, checkpoint = args.work / f"{name}-cache", args.work / f"{name}.safetensors"
     if cache.exists():
@@ -76,7 +79,8 @@ def main() -> None:
                str(WEIGHTS), "--image-size", str(args.px), "--cache-dir", str(cache), "--tune-from", args.tune_from,
                *(["--split", str(args.split)] if args.split else []),
                *(["--tune-batchnorm", args.batchnorm] if args.batchnorm != "train" else []),
-               *(["--tune-views", args.views] if args.views != "flips" else [])]
+               *(["--tune-views", args.views] if args.views != "flips" else []),
+               *(["--tune-epochs", str(args.epochs)] if args.epochs != TrainConfig.tune_epochs else [])]
     machine = machine_info()
     # what computes the maps in the command (labelled_maps' backend "auto"); rows without it ran PyTorch's
     maps_backend = resolve_backend("auto", "fp32", "cpu") if args.tune_from != "none" else None

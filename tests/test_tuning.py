@@ -4,6 +4,7 @@ top, and a tuned model saves, loads and classifies like any other (tiny random-w
 import json
 import re
 import shutil
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -169,21 +170,44 @@ def test_maps_from_a_cpu_runtime_are_torchs_maps(tiny_data, tmp_path, backend, n
 
 def test_auto_maps_fall_back_to_torch_when_the_runtime_fails(tiny_data, tmp_path, monkeypatch, caplog):
     import multihead.features.maps as maps_module
+    import multihead.inference.backends as backends
 
     def broken(*args, **kwargs):
         raise RuntimeError("openvino (fp32) maps differ from PyTorch's by 1 (relative)")
 
     monkeypatch.setattr(maps_module, "resolve_backend", lambda backend, precision, device: "openvino")
-    monkeypatch.setattr(maps_module, "open_bottom_runtime", broken)
+    monkeypatch.setattr(backends, "_cache", OrderedDict())
+    monkeypatch.setattr(backends, "open_bottom_runtime", broken)
     model = multihead.create_model("resnet18", trunk_weights=None, image_size=64)
     parts = split_trunk(model.trunk, "auto")
     scan = scan_dataset(tiny_data)
     data, failed = labelled_maps(model, parts, scan, [r.relpath for r in scan.records[:2]], cache_dir=tmp_path)
     assert failed == [] and len(data) == 2
-    assert "the bottom runs in PyTorch" in caplog.text and "differ from PyTorch's" in caplog.text
+    labelled_maps(model, parts, scan, [r.relpath for r in scan.records[2:3]], cache_dir=tmp_path)
+    assert caplog.text.count("the bottom runs in PyTorch") == 1  # the failure is remembered, not retried
+    assert "differ from PyTorch's" in caplog.text
     with pytest.raises(RuntimeError, match="differ from PyTorch's"):  # asked for by name: no silent fallback
-        labelled_maps(model, parts, scan, [r.relpath for r in scan.records[2:4]], cache_dir=tmp_path,
+        labelled_maps(model, parts, scan, [r.relpath for r in scan.records[3:5]], cache_dir=tmp_path,
                       backend="openvino")
+
+
+def test_one_bottom_is_compiled_once_for_every_part_of_a_run(tiny_data, tmp_path, monkeypatch):
+    """The training, validation and test maps of a run share one compiled bottom; another cut gets its own."""
+    pytest.importorskip("onnxruntime")
+    import multihead.inference.backends as backends
+
+    built, compile_bottom = [], backends.open_bottom_runtime
+    monkeypatch.setattr(backends, "_cache", OrderedDict())
+    monkeypatch.setattr(backends, "open_bottom_runtime",
+                        lambda *args, **kwargs: built.append(args[1].cut) or compile_bottom(*args, **kwargs))
+    model = multihead.create_model("resnet18", trunk_weights=None, image_size=64)
+    scan = scan_dataset(tiny_data)
+    parts = split_trunk(model.trunk, "auto")
+    for part in (scan.records[:2], scan.records[2:4], scan.records[4:5]):  # train, validation, test: cold each
+        labelled_maps(model, parts, scan, [r.relpath for r in part], cache_dir=tmp_path, backend="onnxruntime")
+    labelled_maps(model, split_trunk(model.trunk, "layer3"), scan, [scan.records[0].relpath], cache_dir=tmp_path,
+                  backend="onnxruntime")
+    assert built == [parts.cut, "layer3"]
 
 
 def test_a_shard_of_another_bottom_or_a_damaged_one_is_not_used(tiny_data, tmp_path, caplog):

@@ -29,7 +29,7 @@ from .._io import atomic_path, atomic_write_text
 from ..data.images import ImageError
 from ..data.loading import load_batches
 from ..data.scan import DatasetScan
-from ..inference.backends import open_bottom_runtime, resolve_backend
+from ..inference.backends import bottom_runtime_for, resolve_backend
 from ..inference.export import bottom_outputs
 from ..model.heads import MultiHeadModel
 from ..model.trunk import fingerprint_state_dict
@@ -213,21 +213,15 @@ def _bottom_runner(model: MultiHeadModel, parts: TrunkSplit, backend: str
                    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """uint8 images -> (maps, pooled stages below the cut), on ``backend`` (see :func:`labelled_maps`)."""
     resolved = resolve_backend(backend, "fp32", model.device)
-    if resolved != "torch":
-        try:
-            runtime = open_bottom_runtime(model, parts, resolved)
-        except (RuntimeError, ValueError) as err:
-            if backend != "auto":
-                raise
-            log.warning("backend 'auto': %s is not used for the maps, the bottom runs in PyTorch (%s)", resolved, err)
-        else:
-            log.info("maps at %s computed by %s", parts.cut, runtime)
+    runtime = bottom_runtime_for(model, parts, resolved, fallback=backend == "auto") if resolved != "torch" else None
+    if runtime is not None:
+        log.info("maps at %s computed by %s", parts.cut, runtime)
 
-            def on_runtime(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                out = runtime.run(images, bottom_outputs(parts))
-                return out["maps"], out.get("pooled", out["maps"].new_zeros(len(images), 0))
+        def on_runtime(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = runtime.run(images, bottom_outputs(parts))
+            return out["maps"], out.get("pooled", out["maps"].new_zeros(len(images), 0))
 
-            return on_runtime
+        return on_runtime
     # channels_last: twice the images per second of MobileNetV2's bottom on a CPU (docs/training.md)
     parts.bottom.to(memory_format=torch.channels_last)
 

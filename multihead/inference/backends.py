@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from ..model.heads import MultiHeadModel
+from ..model.trunk import fingerprint_state_dict
 from ..model.trunk_split import TrunkSplit
 from .export import OUTPUTS, bottom_outputs, check_onnx, export_bottom_onnx, export_onnx, require
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "installed_backends", "open_bottom_runtime",
-           "open_runtime", "resolve_backend", "runtime_for"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "bottom_runtime_for", "installed_backends",
+           "open_bottom_runtime", "open_runtime", "resolve_backend", "runtime_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,17 +232,33 @@ def runtime_for(model: MultiHeadModel, backend: str, precision: str, *, fallback
     back: run the trunk in PyTorch. Without it the error is raised.
     """
     trunk = json.dumps(model.trunk.spec(), sort_keys=True)  # weights fingerprint, and stages where a trunk has them
-    key = (backend, precision, torch.get_num_threads(), trunk, model.preprocessing.to_json())
+    return _cached(("trunk", backend, precision, torch.get_num_threads(), trunk, model.preprocessing.to_json()),
+                   lambda: open_runtime(model, backend, precision=precision), fallback,
+                   f"{backend} is not used, the trunk runs in PyTorch")
+
+
+def bottom_runtime_for(model: MultiHeadModel, parts: TrunkSplit, backend: str, *, fallback: bool) -> Runtime | None:
+    """The fp32 runtime that fills the map cache at ``parts.cut``, built once per bottom (its weights, cut and pooled
+    stages, as the map cache is keyed), preprocessing, backend and threads: the training, validation and test maps
+    of a run share one compilation. Falls back as :func:`runtime_for` does; ``None``: run the bottom in PyTorch."""
+    bottom = (model.trunk.name, fingerprint_state_dict(parts.bottom.state_dict()), parts.cut, tuple(parts.stages_below))
+    return _cached(("bottom", backend, torch.get_num_threads(), *bottom, model.preprocessing.to_json()),
+                   lambda: open_bottom_runtime(model, parts, backend), fallback,
+                   f"{backend} is not used for the maps, the bottom runs in PyTorch")
+
+
+def _cached(key: tuple[Any, ...], build: Callable[[], Runtime], fallback: bool, instead: str) -> Runtime | None:
+    """``build()`` once per ``key``; with ``fallback`` a failure is logged (``instead``) and remembered as ``None``."""
     with _cache_lock:  # one export per key, even when several threads ask at once
         if key in _cache and (_cache[key] is not None or fallback):  # an explicit backend retries and raises
             _cache.move_to_end(key)
             return _cache[key]
         try:
-            runtime: Runtime | None = open_runtime(model, backend, precision=precision)
+            runtime: Runtime | None = build()
         except (RuntimeError, ValueError) as err:
             if not fallback:
                 raise
-            logger.warning("backend 'auto': %s is not used, the trunk runs in PyTorch (%s)", backend, err)
+            logger.warning("backend 'auto': %s (%s)", instead, err)
             runtime = None
         _cache[key] = runtime
         while len(_cache) > _CACHE_SIZE:
