@@ -315,6 +315,8 @@ def _tuning() -> list[str]:
     lines += _tuned_ood_refit(sorted(TUNED_OOD_REFIT.parent.glob(TUNED_OOD_REFIT.name)))
     curve = REPO / "docs" / "accuracy" / "brain-data-curve.json"
     lines += _brain_data_curve(json.loads(curve.read_text())) if curve.is_file() else []
+    views = REPO / "docs" / "accuracy" / "brain-true-views.json"
+    lines += _brain_true_views(json.loads(views.read_text())) if views.is_file() else []
     machines = sorted({f"{r['machine']['cpu_model']}, {r['machine']['torch_threads']} threads" for r in rows})
     lines += ["", f"Machine: {'; '.join(machines)}; dates {min(r['date'] for r in rows)} to "
               f"{max(r['date'] for r in rows)}. Seconds per epoch include the validation pass.", ""]
@@ -491,8 +493,8 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
     frozen, tuned = best["frozen"]["test"], best["tuned"]["test"]
     seeds = _seeds(rows, best)
     brains = [r["tuned"]["test"]["organs"].get("brain", 0.0) for r in splits]
-    losses = sorted({o for r in splits for o in GOAL_ORGANS if o != "brain"
-                     and r["tuned"]["test"]["organs"][o] < r["frozen"]["test"]["organs"][o] - 0.005})
+    # the committed split judged by the mean over its training seeds, the other splits by their one run
+    losses, worst = _organs_below([seeds if r is best and seeds else [r] for r in splits])
     timed = [r for r in trained if r["tuned_from"] and "-tune-auto" in r["name"]]
     picked = _timed_settings_of(best["config"])
     # the latest timed run of the picked settings, else of its BatchNorm mode and views, else of its BatchNorm mode,
@@ -504,8 +506,11 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
         f"brain >= {_pct(PAPER_TEST_ACCURACY['brain'])} % (the paper)"
         + (f" (tuned brain on the {len(splits)} splits: {', '.join(_pct(b) for b in brains)})" if len(splits) > 1
            else ""): min(brains) >= PAPER_TEST_ACCURACY["brain"],
-        "no other measurable organ more than 0.5 points below the frozen model"
-        + (f" (below on some split: {', '.join(losses)})" if losses else ""): not losses,
+        "no other measurable organ more than 0.5 points below the frozen model" + _aside(
+            f"the committed split by the mean over its {len(seeds)} training seeds" if len(seeds) > 1 else "",
+            f"below on some split: {', '.join(losses)}" if losses else "",
+            f"the largest drop of one run: {worst[1]} {100 * worst[0]:.1f} points" if worst[0] > 0.005 else ""):
+            not losses,
         "router >= 99.5 %": min(r["tuned"]["test"]["router"] for r in splits) >= 0.995,
     }
     whole = best.get("tuned_end_to_end_test", {})
@@ -586,9 +591,28 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
     ]
 
 
+def _organs_below(groups: list[list[dict]]) -> tuple[list[str], tuple[float, str]]:
+    """Organs but brain whose test accuracy, averaged over a group's runs (one split's training seeds), is more
+    than half a point below the frozen model's in some group; and the largest drop of a single run, (drop, organ).
+    The mean, because one image of ALL's 225 test images is 0.44 points: one seed's loss is noise as well."""
+    def drop(row: dict, organ: str) -> float:
+        return row["frozen"]["test"]["organs"][organ] - row["tuned"]["test"]["organs"][organ]
+
+    others = [o for o in GOAL_ORGANS if o != "brain"]
+    losses = sorted({o for group in groups for o in others if statistics.mean(drop(r, o) for r in group) > 0.005})
+    worst = max(((drop(r, o), o) for group in groups for r in group for o in others), default=(0.0, ""))
+    return losses, worst
+
+
 def _maps_backend(run: dict) -> str:
     """What computed a timed tuned run's maps: rows from before `maps_backend` was recorded ran PyTorch."""
     return f" ({run.get('maps_backend', 'torch')})" if run["tuned_from"] else ""
+
+
+def _aside(*parts: str) -> str:
+    """The non-empty ``parts`` in parentheses, or nothing."""
+    kept = [p for p in parts if p]
+    return f" ({'; '.join(kept)})" if kept else ""
 
 
 def _timed_settings(run: dict) -> tuple[str, str, str]:
@@ -821,6 +845,38 @@ def _brain_data_curve(curve: dict) -> list[str]:
         "| trunk | " + " | ".join(f"{n} images" for n in counts) + " |",
         "|---|" + "---:|" * len(counts),
         *[f"| {trunk} | " + " | ".join(cell(trunk, n) for n in counts) + " |" for trunk in ("frozen", "tuned")],
+    ]
+
+
+def _brain_true_views(probe: dict) -> list[str]:
+    """benchmarks/probes/brain_true_views.py: brain-only tuned models, with and without paper-augmented views of
+    the training images through the frozen bottom."""
+    arms = list(dict.fromkeys(r["arm"] for r in probe["runs"]))
+    seeds = sorted({r["seed"] for r in probe["runs"]})
+    config = probe["config"]
+
+    def row(arm: str) -> str:
+        runs = {r["seed"]: r for r in probe["runs"] if r["arm"] == arm}
+        cells = [f"{_pct(runs[s]['val'])} / {_pct(runs[s]['test'])} (epoch {runs[s]['kept_epoch']})" if s in runs
+                 else "n/a" for s in seeds]
+        means = " / ".join(_pct(statistics.mean(r[k] for r in runs.values())) for k in ("val", "test"))
+        return f"| {arm} | " + " | ".join(cells) + f" | {means} |"
+
+    return [
+        "",
+        "**Brain with true views through the frozen bottom** (`benchmarks/probes/brain_true_views.py`, "
+        f"`docs/accuracy/brain-true-views.json`): brain-only models tuned from `{probe['cut']}` (BatchNorm "
+        f"{config['tune_batchnorm']}, {config['tune_views']}, {config['tune_epochs']} epochs, the epoch kept on "
+        f"validation) on the committed split's {probe['train_images']} brain training images, each read as it "
+        f"is or, with views, as itself or one of its {probe['views']} views drawn at random at every read (the "
+        f"paper's rotation, flips and scaling, run through the frozen bottom once: {probe['views_s'] / 60:.1f} "
+        "min). Brain accuracy on "
+        f"{probe['val_images']} validation / {probe['test_images']} test images, in %, and the kept epoch (0: the "
+        "frozen top with its warmed-up heads).",
+        "",
+        "| training maps | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+        "|---|" + "---|" * (len(seeds) + 1),
+        *[row(arm) for arm in arms],
     ]
 
 
