@@ -16,6 +16,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -520,10 +521,9 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
         calibrated = run["test_whole_trunk"]["calibrated"]["ece"]
         minutes = run["wall_s"] / 60
         batchnorm = _timed_batchnorm(run)
-        described = f"the timed checkpoint, BatchNorm {batchnorm}, {_timed_option(run, '--tune-views', 'flips')}"
+        described = f"the timed checkpoint, {_timed_description(run)}"
         if _timed_settings(run) != picked:  # say so when no run of the picked configuration was timed
-            described += (f", {_timed_settings(run)[2]} epochs: not the picked configuration, which was not timed "
-                          "end to end")
+            described += ": not the picked configuration, which was not timed end to end"
         picked_names = {r["name"] for r in seeds}
         seeded = [r["tuned"]["ece"] for r in calibration if r["checkpoint"] in picked_names]
         over_seeds = (f"; the picked configuration over {len(seeded)} training seeds, from the cached maps: "
@@ -541,10 +541,10 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
                if after else "") + ")"] = run["ood"]["unknowns"]["auroc"] >= 0.99
         extra = ("; adapted adds a pass over the training maps and a second warm-up"
                  if batchnorm == "train" and best["config"]["tune_batchnorm"] == "adapted" else "")
-        default = next((r for r in reversed(timed) if _timed_batchnorm(r) == "train"
-                        and _timed_option(r, "--tune-views", "flips") == "flips"), None)
+        library = _timed_settings_of({**asdict(TrainConfig()), "tune_batchnorm": "train"})
+        default = next((r for r in reversed(timed) if _timed_settings(r) == library), None)
         if default is not None and default is not run:  # the library's own tuned settings, timed as well
-            extra += (f"; the library's default tuned settings (BatchNorm train, flips, patience 3), latest run: "
+            extra += (f"; the library's default tuned settings ({_timed_description(default)}), latest run: "
                       f"{default['wall_s'] / 60:.1f} min")
         met[f"`multihead train --tune-from auto` within 15 minutes, extraction included, for the picked "
             f"configuration ({described}: {minutes:.1f} min{extra})"] = minutes <= 15 and _timed_settings(run) == picked
@@ -615,15 +615,27 @@ def _aside(*parts: str) -> str:
     return f" ({'; '.join(kept)})" if kept else ""
 
 
-def _timed_settings(run: dict) -> tuple[str, str, str]:
-    """A timed command's BatchNorm mode, map views and tuning epochs (the library's defaults where not given)."""
+def _timed_settings(run: dict) -> tuple[str, str, str, str]:
+    """A timed command's BatchNorm mode, map views, tuning epochs (the library's defaults where not given) and
+    patience ("every epoch", or the patience; rows without the field ran the old default, 3)."""
+    patience = run.get("tune_patience", 3)
     return (_timed_batchnorm(run), _timed_option(run, "--tune-views", "flips"),
-            _timed_option(run, "--tune-epochs", str(TrainConfig.tune_epochs)))
+            _timed_option(run, "--tune-epochs", str(TrainConfig.tune_epochs)),
+            "every epoch" if patience is None else f"patience {patience}")
 
 
-def _timed_settings_of(config: dict) -> tuple[str, str, str]:
-    """The same for a tuning row's configuration."""
-    return config["tune_batchnorm"], config["tune_views"], str(config["tune_epochs"])
+def _timed_settings_of(config: dict) -> tuple[str, str, str, str]:
+    """The same for a tuning row's configuration (benchmarks/tuning.py runs every epoch)."""
+    patience = config.get("tune_patience")
+    every = patience is None or patience >= config["tune_epochs"]
+    return (config["tune_batchnorm"], config["tune_views"], str(config["tune_epochs"]),
+            "every epoch" if every else f"patience {patience}")
+
+
+def _timed_description(run: dict) -> str:
+    """A timed command's tuning settings in words."""
+    batchnorm, views, epochs, patience = _timed_settings(run)
+    return f"BatchNorm {batchnorm}, {views}, {epochs} epochs, {patience}"
 
 
 def _timed_batchnorm(run: dict) -> str:
@@ -718,9 +730,11 @@ def _tuned_train(runs: list[dict]) -> list[str]:
         "**The command a user types, timed** (`benchmarks/tuned_train.py`, results in "
         "`benchmarks/results/tuned-train.jsonl`): `multihead train` on the whole sample with the committed split "
         "from an empty cache, extraction (maps or features) included, with the library's defaults otherwise "
-        "(`tune_patience` 3: training stops after three epochs without a better organ-balanced validation "
-        "accuracy); then its checkpoint measured on the test split through the whole trunk, and its "
-        "out-of-distribution score on the trust page's 116 unknowns (`benchmarks/trust/make_unknowns.py`) against "
+        "(rows from before 2026-11-30's fix ran patience 3 counted against the warmed-up frozen top, which would "
+        "have stopped 29 of the 40 tuning runs of `docs/accuracy/tuning.jsonl` at epoch 3 with the frozen top kept; "
+        "the settings column says which); then its checkpoint measured on the test split through the whole trunk, "
+        "and its out-of-distribution "
+        "score on the trust page's 116 unknowns (`benchmarks/trust/make_unknowns.py`) against "
         "the test images, at the threshold it stored. \"Most flagged\" is the largest share of one organ's images "
         "flagged in one part of the split, among organs with at least 20 images there.",
         "",
@@ -738,8 +752,7 @@ def _tuned_train(runs: list[dict]) -> list[str]:
         calibrated = test["calibrated"]
         cells = [
             run["name"].split("-")[1],
-            f"tuned from `{run['tuned_from']}`, BatchNorm {_timed_batchnorm(run)}, "
-            f"{_timed_option(run, '--tune-views', 'flips')}" if run["tuned_from"] else "frozen",
+            f"tuned from `{run['tuned_from']}`, {_timed_description(run)}" if run["tuned_from"] else "frozen",
             f"{kept or 'frozen'} of {len(run['epochs'])}" if run["epochs"] else "n/a",
             f"{run['wall_s'] / 60:.1f} min",
             "n/a" if extraction is None else f"{extraction / 60:.1f} min" + _maps_backend(run),

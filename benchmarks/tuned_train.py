@@ -115,6 +115,8 @@ def main() -> None:
         "name": name, "command": "multihead " + " ".join(command).replace(str(REPO.parent), ".."),
         "wall_s": round(wall, 1), "timings": {k: round(v, 1) for k, v in training["timings"].items()},
         "tuned_from": model.trunk.tuned_from, "maps_backend": maps_backend,
+        # None: every tuning epoch ran; rows without the field ran the library's old default, patience 3
+        "tune_patience": training["config"]["tune_patience"],
         "epochs": [{k: r.get(k) for k in ("epoch", "part", "val", "organ_balanced_accuracy", "best")}
                    for r in model.metadata["history"] if str(r["part"]).startswith("tune")],
         "ood_features_read": model.metadata["trust"]["ood"]["features_read"],

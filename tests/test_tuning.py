@@ -279,6 +279,21 @@ def test_when_no_tuning_epoch_wins_the_trunk_stays_published(tiny_data, tmp_path
         assert torch.equal(value, fresh.trunk.network.state_dict()[key]), key
 
 
+@pytest.mark.parametrize(("patience", "epochs_run", "kept"), [(None, 6, [3, 6]), (2, 5, [3])])
+def test_patience_counts_the_tunings_own_progress_not_the_frozen_top(tiny_data, tmp_path, monkeypatch, patience,
+                                                                     epochs_run, kept):
+    """Every run first dips below the warmed-up frozen top; patience must not stop it there (counted against the
+    frozen top, patience 2 stopped this run after epoch 2 with the frozen top kept)."""
+    scores = iter([0.9, 0.5, 0.6, 0.95, 0.7, 0.8, 0.99])  # the frozen top, then six tuning epochs
+    monkeypatch.setattr(multihead.training.tune, "_selection_score", lambda model, data: next(scores))
+    torch.manual_seed(0)
+    config = TrainConfig(tune_from="layer4", **{**TINY, "tune_epochs": 6}, tune_patience=patience)
+    result = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None, cache_dir=tmp_path)
+    tuning = [r for r in result.history if str(r["part"]).startswith("tune")]
+    assert len(tuning) == epochs_run and [r["epoch"] for r in tuning if r.get("best")] == kept
+    assert result.model.trunk.tuned_from == "layer4"
+
+
 def test_tuning_moves_the_top_only_and_is_recorded(tuned, tiny_data):
     result, _ = tuned
     model = result.model

@@ -79,6 +79,9 @@ def train(
              "trunk; best on a GPU). Below it the trunk stays frozen and its maps are cached.")] = None,
     tune_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of tuning (after the heads' warm-up).")
                            ] = None,
+    tune_patience: Annotated[int | None, typer.Option(
+        min=1, help="Stop tuning after this many epochs without a better one (default: every epoch runs; the "
+                    "best on validation is kept either way).")] = None,
     tune_lr: Annotated[float | None, typer.Option(min=0.0, help="AdamW learning rate of the tuned stages.")] = None,
     tune_head_lr: Annotated[float | None, typer.Option(
         min=0.0, help="AdamW learning rate of the router and heads while the stages are tuned.")] = None,
@@ -111,8 +114,8 @@ def train(
         config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                                           views=views, image_size=image_size, stages=stages,
                                           target_accuracy=target_accuracy, abstain=False if no_abstain else None,
-                                          tune_from=tune_from, tune_epochs=tune_epochs, tune_lr=tune_lr,
-                                          tune_head_lr=tune_head_lr, tune_batchnorm=tune_batchnorm,
+                                          tune_from=tune_from, tune_epochs=tune_epochs, tune_patience=tune_patience,
+                                          tune_lr=tune_lr, tune_head_lr=tune_head_lr, tune_batchnorm=tune_batchnorm,
                                           tune_views=tune_views)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

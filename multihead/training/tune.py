@@ -12,7 +12,8 @@ losing points, accuracy swinging from epoch to epoch):
    accuracies, organs with too few validation images pooled; ties broken by the loss), so a large organ
    cannot buy its gain with a small organ's loss; the
    best epoch is kept, the warmed-up frozen top included (if no tuning epoch beats it, the trunk stays as
-   published), and training stops after ``tune_patience`` epochs without a better one.
+   published). With ``tune_patience`` set, training stops after that many epochs in which tuning did not beat
+   its own best epoch (not the frozen top: every run dips below that first).
 
 Maps are augmented by random flips (``tune_views="flips"``), or by the whole dihedral group
 (``"dihedral"``: flips and 90-degree rotations); BatchNorm layers of the top either follow the new data
@@ -184,7 +185,7 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
     generator = torch.Generator().manual_seed(config.seed)
     subtypes = train.subtypes.to(device)
     weight = sample_weights(subtypes) if config.class_weighting else torch.ones(len(train), device=device)
-    stale = 0
+    best_tuned, stale = float("-inf"), 0  # patience counts the tuning's own progress
     try:
         for epoch in range(1, config.tune_epochs + 1):
             parts.set_batchnorm_training(config.tune_batchnorm != "frozen")
@@ -218,14 +219,14 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
             else:  # no validation images: the last epoch is kept
                 score = float(epoch)
             if score > best_score:
-                best_score, best, stale = score, (_state(model, parts), mean, std), 0
+                best_score, best = score, (_state(model, parts), mean, std)
                 record["best"] = True
-            else:
-                stale += 1
+            stale = 0 if score > best_tuned else stale + 1
+            best_tuned = max(best_tuned, score)
             history.append(record)
             if on_epoch:
                 on_epoch(record)
-            if stale >= config.tune_patience:
+            if config.tune_patience is not None and stale >= config.tune_patience:
                 break
     finally:
         for param in top_params:
