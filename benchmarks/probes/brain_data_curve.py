@@ -59,6 +59,16 @@ def brain_accuracy(model, data) -> float:
     return organ_accuracies(model, data)[model.taxonomy.organ_names[int(data.organs[0])]][0]
 
 
+def brain_maps(data: Path, split_file: Path, config: TrainConfig, cache_dir: Path | None) -> tuple:
+    """The scanned sample, MobileNetV2 cut as ``config`` says, and the maps of the brain images of each part of
+    the split (cached in ``cache_dir``): ``(scan, model, parts, maps)``."""
+    scan = scan_dataset(data)
+    torch.manual_seed(0)
+    model, parts, maps, _ = model_and_maps(scan, Split.load(split_file), config, cache_dir)
+    brain = scan.taxonomy.organ_index("brain")
+    return scan, model, parts, {s: subset(maps[s], brain) for s in maps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=Path, default=REPO / "docs" / "accuracy" / "split.json")
@@ -70,12 +80,7 @@ def main() -> None:
 
     config = TrainConfig(image_size=448, tune_from="auto", tune_epochs=8, tune_lr=1e-4, tune_head_lr=1e-4,
                          tune_batchnorm="adapted", tune_views="flips", tune_patience=8)
-    split = Split.load(args.split)
-    scan = scan_dataset(args.data)
-    torch.manual_seed(0)
-    model, parts, maps, _ = model_and_maps(scan, split, config, args.cache_dir)
-    brain = scan.taxonomy.organ_index("brain")
-    maps = {s: subset(maps[s], brain) for s in maps}
+    _, model, parts, maps = brain_maps(args.data, args.split, config, args.cache_dir)
     published = {s: top_features(parts, maps[s], model) for s in maps}
     runs = []
     for fraction in FRACTIONS:

@@ -26,8 +26,6 @@ import torch
 
 from multihead.benchmark import machine_info
 from multihead.data.augment import AugmentedViews
-from multihead.data.scan import scan_dataset
-from multihead.data.splits import Split
 from multihead.inference.backends import bottom_runtime_for, resolve_backend
 from multihead.inference.export import bottom_outputs
 from multihead.model.trunk_split import split_trunk
@@ -35,7 +33,9 @@ from multihead.training import TrainConfig
 from multihead.training.tune import organ_accuracies, top_features, tune_top
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tuning import SAMPLE, model_and_maps, subset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from brain_data_curve import brain_maps
+from tuning import SAMPLE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,12 +101,8 @@ def main() -> None:
     # the page's picked recipe; every epoch runs (the kept one is chosen on validation)
     config = TrainConfig(image_size=448, tune_from="auto", tune_epochs=args.epochs, tune_lr=1e-4, tune_head_lr=1e-4,
                          tune_batchnorm="adapted", tune_views="dihedral", tune_patience=args.epochs)
-    split = Split.load(args.split)
-    scan = scan_dataset(args.data)
-    torch.manual_seed(0)
-    model, parts, maps, _ = model_and_maps(scan, split, config, args.cache_dir)
+    scan, model, parts, maps = brain_maps(args.data, args.split, config, args.cache_dir)
     brain = scan.taxonomy.organ_index("brain")
-    maps = {s: subset(maps[s], brain) for s in maps}
     started = time.perf_counter()
     view_maps, view_pooled = view_maps_of(model, parts, maps["train"].paths, args.views)
     views_s = round(time.perf_counter() - started, 1)
