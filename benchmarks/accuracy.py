@@ -541,7 +541,7 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
                if after else "") + ")"] = run["ood"]["unknowns"]["auroc"] >= 0.99
         extra = ("; adapted adds a pass over the training maps and a second warm-up"
                  if batchnorm == "train" and best["config"]["tune_batchnorm"] == "adapted" else "")
-        library = _timed_settings_of({**asdict(TrainConfig()), "tune_batchnorm": "train"})
+        library = _timed_settings_of(asdict(TrainConfig()))
         default = next((r for r in reversed(timed) if _timed_settings(r) == library), None)
         if default is not None and default is not run:  # the library's own tuned settings, timed as well
             extra += (f"; the library's default tuned settings ({_timed_description(default)}), latest run: "
