@@ -243,7 +243,15 @@ TUNED_CALIBRATION = REPO / "docs" / "accuracy" / "tuned-calibration.jsonl"
 TUNED_OOD_REFIT = REPO / "benchmarks" / "results" / "tuned-ood-refit*.json"
 TUNING_SIZE = 448  # the input size the tuning settings were searched at (and the other splits run at)
 PICKED_KEYS = ("image_size", "method", "tune_from", "tune_epochs", "tune_lr", "tune_head_lr", "tune_batchnorm",
-               "tune_views")
+               "tune_views", "tune_precision", "tune_label_smoothing")
+SINCE = {"tune_precision": "fp32", "tune_label_smoothing": 0.0}
+"""Settings added to TrainConfig after the first tuning rows, as those rows ran them (fp32 on the CPU, no smoothing)."""
+
+
+def _same_settings(row: dict, other: dict, but: str | None = None) -> bool:
+    """Whether two tuning rows ran one configuration (:data:`PICKED_KEYS`, all but ``but``; seeds may differ)."""
+    a, b = {**SINCE, **row["config"]}, {**SINCE, **other["config"]}
+    return all(a[k] == b[k] for k in PICKED_KEYS if k != but)
 
 
 def _organ_changes(before: dict, after: dict) -> list[str]:
@@ -259,6 +267,8 @@ def _tuning() -> list[str]:
     """The tables of benchmarks/tuning.py (docs/accuracy/tuning.jsonl): frozen against a tuned top; then the
     picked configuration on the other splits, and the timed end-to-end runs of benchmarks/tuned_train.py."""
     rows = _jsonl(REPO / "docs" / "accuracy" / "tuning.jsonl")
+    for row in rows:
+        row["config"] = {**SINCE, **row["config"]}
     if not rows:
         return []
     committed = [r for r in rows if not r.get("split_seed")]
@@ -290,7 +300,8 @@ def _tuning() -> list[str]:
             str(config["image_size"]), f"`{row['cut']}`", f"{config['tune_lr']:g}", f"{config['tune_head_lr']:g}",
             config["tune_batchnorm"],
             config["tune_views"],
-            config["method"] + ("" if row.get("heads_space") else " (raw heads)"), str(config["seed"]),
+            config["method"] + ("" if row.get("heads_space") else " (raw heads)") + _extras(config),
+            str(config["seed"]),
             f"{row['best_epoch'] or 'none'} of {config['tune_epochs']}",
             f"{_pct(frozen['val']['accuracy'])} -> {_pct(tuned['val']['accuracy'])}",
             f"{_pct(frozen['test']['accuracy'])} -> {_pct(tuned['test']['accuracy'])}",
@@ -364,7 +375,7 @@ def _other_splits(rows: list[dict], best: dict | None) -> list[dict]:
     if best is None:
         return []
     same = [r for r in rows if r.get("heads_space") and r["config"]["seed"] == best["config"]["seed"]
-            and all(r["config"][k] == best["config"][k] for k in PICKED_KEYS)]
+            and _same_settings(r, best)]
     by_split = {r.get("split_seed", 0): r for r in same if r.get("split_seed")}
     return [best] + [by_split[k] for k in sorted(by_split)]
 
@@ -374,7 +385,7 @@ def _seeds(rows: list[dict], best: dict | None) -> list[dict]:
     if best is None:
         return []
     same = {r["config"]["seed"]: r for r in rows if r.get("heads_space") and not r.get("split_seed")
-            and all(r["config"][k] == best["config"][k] for k in PICKED_KEYS if k != "seed")}
+            and _same_settings(r, best)}
     return [same[k] for k in sorted(same)]
 
 
@@ -426,7 +437,13 @@ def _settings(row: dict) -> str:
     cut = "" if config["tune_from"] == "auto" else f"tuned from `{row['cut']}`, "
     epochs = "" if config["tune_epochs"] == 8 else f", {config['tune_epochs']} epochs"
     return (f"{cut}BatchNorm {config['tune_batchnorm']}, {config['tune_views']}, stage lr {config['tune_lr']:g}, "
-            f"head lr {config['tune_head_lr']:g}{epochs}")
+            f"head lr {config['tune_head_lr']:g}{epochs}{_extras(config)}")
+
+
+def _extras(config: dict) -> str:
+    """The settings added later, named where a row does not run them as the first rows did."""
+    return ((f", label smoothing {config['tune_label_smoothing']:g}" if config["tune_label_smoothing"] else "")
+            + (f", {config['tune_precision']}" if config["tune_precision"] != "fp32" else ""))
 
 
 def _seed_means(groups: list[list[dict]]) -> list[str]:
@@ -541,16 +558,18 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
                if after else "") + ")"] = run["ood"]["unknowns"]["auroc"] >= 0.99
         extra = ("; adapted adds a pass over the training maps and a second warm-up"
                  if batchnorm == "train" and best["config"]["tune_batchnorm"] == "adapted" else "")
-        library = _timed_settings_of(asdict(TrainConfig()))
-        default = next((r for r in reversed(timed) if _timed_settings(r) == library), None)
+        # the library's defaults, its precision "auto" whatever that resolved to on the run's machine
+        library = _timed_settings_of(asdict(TrainConfig()))[:4]
+        default = next((r for r in reversed(timed) if _timed_settings(r)[:4] == library
+                        and _timed_option(r, "--tune-precision", "auto") == "auto"), None)
         if default is not None and default is not run:  # the library's own tuned settings, timed as well
             extra += (f"; the library's default tuned settings ({_timed_description(default)}), latest run: "
                       f"{default['wall_s'] / 60:.1f} min")
         met[f"`multihead train --tune-from auto` within 15 minutes, extraction included, for the picked "
             f"configuration ({described}: {minutes:.1f} min{extra})"] = minutes <= 15 and _timed_settings(run) == picked
     config = best["config"]
-    same = [r for r in rows if r.get("heads_space") and r["config"]["method"] != "multihead" and all(
-        r["config"][k] == config[k] for k in PICKED_KEYS if k != "method")]
+    same = [r for r in rows if r.get("heads_space") and r["config"]["method"] != "multihead"
+            and _same_settings(r, best, but="method")]
     baselines = [
         f"{r['config']['method']} tuned: validation {_pct(r['tuned']['val']['accuracy'])}, test "
         f"{_pct(r['tuned']['test']['accuracy'])}, "
@@ -615,27 +634,28 @@ def _aside(*parts: str) -> str:
     return f" ({'; '.join(kept)})" if kept else ""
 
 
-def _timed_settings(run: dict) -> tuple[str, str, str, str]:
-    """A timed command's BatchNorm mode, map views, tuning epochs (the library's defaults where not given) and
-    patience ("every epoch", or the patience; rows without the field ran the old default, 3)."""
+def _timed_settings(run: dict) -> tuple[str, str, str, str, str]:
+    """A timed command's BatchNorm mode, map views, tuning epochs (the library's defaults where not given),
+    patience ("every epoch", or the patience; rows without the field ran the old default, 3) and the precision
+    its tuning steps ran in (rows without the field ran fp32)."""
     patience = run.get("tune_patience", 3)
     return (_timed_batchnorm(run), _timed_option(run, "--tune-views", "flips"),
             _timed_option(run, "--tune-epochs", str(TrainConfig.tune_epochs)),
-            "every epoch" if patience is None else f"patience {patience}")
+            "every epoch" if patience is None else f"patience {patience}", run.get("tune_precision") or "fp32")
 
 
-def _timed_settings_of(config: dict) -> tuple[str, str, str, str]:
+def _timed_settings_of(config: dict) -> tuple[str, str, str, str, str]:
     """The same for a tuning row's configuration (benchmarks/tuning.py runs every epoch)."""
     patience = config.get("tune_patience")
     every = patience is None or patience >= config["tune_epochs"]
     return (config["tune_batchnorm"], config["tune_views"], str(config["tune_epochs"]),
-            "every epoch" if every else f"patience {patience}")
+            "every epoch" if every else f"patience {patience}", config.get("tune_precision", "fp32"))
 
 
 def _timed_description(run: dict) -> str:
     """A timed command's tuning settings in words."""
-    batchnorm, views, epochs, patience = _timed_settings(run)
-    return f"BatchNorm {batchnorm}, {views}, {epochs} epochs, {patience}"
+    batchnorm, views, epochs, patience, precision = _timed_settings(run)
+    return f"BatchNorm {batchnorm}, {views}, {epochs} epochs, {patience}, {precision}"
 
 
 def _timed_batchnorm(run: dict) -> str:
@@ -740,8 +760,8 @@ def _tuned_train(runs: list[dict]) -> list[str]:
         "",
         "| px | trunk | kept epoch | wall time | extraction | training | test [95% CI] | brain | lymphoma "
         "| ECE, temperatures fitted | ECE at T = 1 | OOD AUROC | unknowns flagged | most flagged "
-        "| load before / after |",
-        "|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| load before / after | CPU |",
+        "|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for run in runs:
         timings, test, ood = run["timings"], run["test_whole_trunk"], run["ood"]
@@ -763,6 +783,7 @@ def _tuned_train(runs: list[dict]) -> list[str]:
             f"{calibrated['ece']:.3f}", f"{test['temperature_1']['ece']:.3f}",
             f"{ood['unknowns']['auroc']:.4f}", _pct(ood["unknowns"]["flagged"]), _pct(max(shares, default=None)),
             f"{run['machine']['load_average_1m']:.1f} / {run['machine']['load_average_1m_after']:.1f}",
+            run["machine"]["cpu_model"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     frozen = next((r for r in runs if not r["tuned_from"]), None)
@@ -775,10 +796,9 @@ def _tuned_train(runs: list[dict]) -> list[str]:
                   + f"; unknowns flagged {_pct(tuned['ood']['unknowns']['flagged'])} % against "
                   f"{_pct(frozen['ood']['unknowns']['flagged'])} %. (Their times are not comparable when the load "
                   "columns differ.)"]
-    machines = sorted({run["machine"]["cpu_model"] for run in runs})
-    lines += ["", f"Machine: {'; '.join(machines)}, {runs[0]['machine']['torch_threads']} threads; "
-              "the load averages (1 minute, before and after the training command) say how idle it was: about 2 "
-              "is the run's own two threads on the 2 cores."]
+    lines += ["", f"Every run on {runs[0]['machine']['torch_threads']} threads of 2 cores (compare times only "
+              "between runs on one CPU); the load averages (1 minute, before and after the training command) say "
+              "how idle it was: about 2 is the run's own two threads on the 2 cores."]
     return lines
 
 

@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--views", default="flips", choices=("none", "flips", "dihedral"),
                         help="--tune-views of the command")
     parser.add_argument("--epochs", type=int, default=TrainConfig.tune_epochs, help="--tune-epochs of the command")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="--tune-precision of the command")
     parser.add_argument("--data", type=Path, default=DATA, help="a folder under the shared sample's layout")
     parser.add_argument("--split", type=Path, default=None, help="e.g. docs/accuracy/split.json (the committed one)")
     parser.add_argument("--work", type=Path, required=True, help="checkpoint and cache folder; its cache must be new")
@@ -69,7 +71,8 @@ def main() -> None:
 
     suffix = ("" if args.batchnorm == "train" else f"-bn-{args.batchnorm}") + (
         "" if args.views == "flips" else f"-{args.views}") + (
-        "" if args.epochs == TrainConfig.tune_epochs else f"-ep{args.epochs}")
+        "" if args.epochs == TrainConfig.tune_epochs else f"-ep{args.epochs}") + (
+        "" if args.precision == "auto" else f"-{args.precision}")
     name = f"mobilenet_v2-{args.px}-tune-{args.tune_from}{suffix}"
     cache, checkpoint = args.work / f"{name}-cache", args.work / f"{name}.safetensors"
     if cache.exists():
@@ -80,7 +83,8 @@ def main() -> None:
                *(["--split", str(args.split)] if args.split else []),
                *(["--tune-batchnorm", args.batchnorm] if args.batchnorm != "train" else []),
                *(["--tune-views", args.views] if args.views != "flips" else []),
-               *(["--tune-epochs", str(args.epochs)] if args.epochs != TrainConfig.tune_epochs else [])]
+               *(["--tune-epochs", str(args.epochs)] if args.epochs != TrainConfig.tune_epochs else []),
+               *(["--tune-precision", args.precision] if args.precision != "auto" else [])]
     machine = machine_info()
     # what computes the maps in the command (labelled_maps' backend "auto"); rows without it ran PyTorch's
     maps_backend = resolve_backend("auto", "fp32", "cpu") if args.tune_from != "none" else None
@@ -117,6 +121,8 @@ def main() -> None:
         "tuned_from": model.trunk.tuned_from, "maps_backend": maps_backend,
         # None: every tuning epoch ran; rows without the field ran the library's old default, patience 3
         "tune_patience": training["config"]["tune_patience"],
+        # what the tuning steps computed in (rows without it: fp32 on the CPU)
+        "tune_precision": next((r["precision"] for r in model.metadata["history"] if "precision" in r), None),
         "epochs": [{k: r.get(k) for k in ("epoch", "part", "val", "organ_balanced_accuracy", "best")}
                    for r in model.metadata["history"] if str(r["part"]).startswith("tune")],
         "ood_features_read": model.metadata["trust"]["ood"]["features_read"],

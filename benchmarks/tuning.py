@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--tune-lr", type=float, default=TrainConfig.tune_lr)
     parser.add_argument("--tune-head-lr", type=float, default=TrainConfig.tune_head_lr)
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                        help="tune_precision (rows without it in the config ran fp32 on the CPU)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="tune_label_smoothing")
     parser.add_argument("--data", type=Path, default=SAMPLE)
     parser.add_argument("--split", type=Path, default=REPO / "docs" / "accuracy" / "split.json")
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -135,10 +138,13 @@ def main() -> None:
                          seed=args.seed, tune_from=args.tune_from,
                          tune_epochs=args.epochs, tune_lr=args.tune_lr, tune_head_lr=args.tune_head_lr,
                          tune_batchnorm=args.batchnorm,
-                         tune_views=args.views, tune_patience=args.epochs)  # all epochs: the curve is the result
+                         tune_views=args.views, tune_precision=args.precision,
+                         tune_label_smoothing=args.label_smoothing,
+                         tune_patience=args.epochs)  # all epochs: the curve is the result
     name = (f"mobilenet_v2-{args.px}-{args.method}-tune-{args.tune_from}-bn-{args.batchnorm}-{args.views}"
             f"-lr{args.tune_lr:g}-head{args.tune_head_lr:g}" + (f"-ep{args.epochs}" if args.epochs != 8 else "")
-            + f"-seed{args.seed}")
+            + ("" if args.precision == "fp32" else f"-{args.precision}")
+            + (f"-ls{args.label_smoothing:g}" if args.label_smoothing else "") + f"-seed{args.seed}")
     torch.manual_seed(args.seed)
     split = Split.load(args.split)
     split_seed = int(split.info.get("seed", 0))

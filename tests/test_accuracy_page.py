@@ -47,3 +47,21 @@ def test_an_organ_is_below_the_frozen_model_by_its_mean_over_seeds():
     losses, _ = page._organs_below([seeds, [_run(0.99, 0.98)]])  # another split's one run loses a point
     assert losses == ["all"]
     assert page._organs_below([seeds[3:4]])[0] == ["all"]  # that seed alone would fail the target
+
+
+def test_precision_and_label_smoothing_make_their_own_configuration():
+    """Rows from before these settings existed ran fp32 without smoothing: they group with rows that name it."""
+    page = _renderer()
+    older = [_row("dihedral", seed, 0.93) for seed in range(2)]
+    named = _row("dihedral", 2, 0.93)
+    named["config"].update(tune_precision="fp32", tune_label_smoothing=0.0)
+    bf16 = [_row("dihedral", seed, 0.94) for seed in range(2)]
+    smoothed = [_row("dihedral", seed, 0.92) for seed in range(2)]
+    for row in bf16:
+        row["config"]["tune_precision"], row["name"] = "bf16", row["name"] + "-bf16"
+    for row in smoothed:
+        row["config"]["tune_label_smoothing"], row["name"] = 0.1, row["name"] + "-ls"
+    rows = [*older, named, *bf16, *smoothed]
+    assert [r["name"] for r in page._seeds(rows, older[0])] == ["dihedral-seed0", "dihedral-seed1", "dihedral-seed2"]
+    assert [r["name"] for r in page._seeds(rows, smoothed[0])] == ["dihedral-seed0-ls", "dihedral-seed1-ls"]
+    assert page._picked(rows, 448)["name"] == "dihedral-seed0-bf16"

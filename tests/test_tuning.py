@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import multihead
+from multihead._precision import native_bf16
 from multihead.cli import app
 from multihead.data import scan_dataset
 from multihead.data.splits import make_split
@@ -20,7 +21,7 @@ from multihead.model.trunk import create_trunk
 from multihead.model.trunk_split import AUTO_TUNE_FROM, split_trunk, untuned_features
 from multihead.training import TrainConfig
 from multihead.training.pipeline import train_from_folder
-from multihead.training.tune import _augment, _schedule
+from multihead.training.tune import _augment, _schedule, _tuning_loss
 
 from .conftest import assert_handled_exit
 
@@ -100,6 +101,8 @@ def test_a_cut_around_a_pooled_stage_is_refused():
     ({"tune_views": "rotations"}, "tune_views"),
     ({"tune_epochs": 0}, "tune_epochs"),
     ({"tune_lr": 0.0}, "tune_lr"),
+    ({"tune_precision": "fp16"}, "tune_precision"),
+    ({"tune_label_smoothing": 1.0}, "tune_label_smoothing"),
 ])
 def test_config_refuses_what_cannot_be_tuned(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -238,6 +241,16 @@ def test_map_augmentation_keeps_content_and_covers_the_dihedral_group():
     assert len({tuple(m.flatten().tolist()) for m in flipped[::2]}) == 4
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_tuning_loss_is_torchs_weighted_label_smoothed_cross_entropy(smoothing):
+    torch.manual_seed(0)
+    joint = torch.randn(6, 26).log_softmax(1)
+    targets, weights = torch.randint(0, 26, (6,)), torch.rand(6) + 0.5
+    per_image = torch.nn.functional.cross_entropy(joint, targets, reduction="none", label_smoothing=smoothing)
+    expected = (per_image * weights).sum() / weights.sum()
+    assert torch.allclose(_tuning_loss(joint, targets, weights, smoothing), expected, atol=1e-6)
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     factor = _schedule(200)
     values = [factor(step) for step in range(201)]
@@ -292,6 +305,35 @@ def test_patience_counts_the_tunings_own_progress_not_the_frozen_top(tiny_data, 
     tuning = [r for r in result.history if str(r["part"]).startswith("tune")]
     assert len(tuning) == epochs_run and [r["epoch"] for r in tuning if r.get("best")] == kept
     assert result.model.trunk.tuned_from == "layer4"
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "native"), [(False, False, False), (True, False, True),
+                                                         (False, True, True)])
+def test_native_bf16_on_the_cpu_means_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16(torch.device("cpu")) is native
+    assert native_bf16(torch.device("meta")) is False
+
+
+def test_tuning_precision_auto_is_bf16_only_where_the_hardware_computes_it(tiny_data, tmp_path, monkeypatch):
+    """``auto`` follows :func:`native_bf16`; what ran is recorded per epoch, and bf16 really changes the steps'
+    arithmetic (the tuned weights differ from fp32's)."""
+    def tuned(precision: str, native: bool) -> tuple[set[object], dict[str, torch.Tensor]]:
+        monkeypatch.setattr(multihead.training.tune, "native_bf16", lambda device: native)
+        monkeypatch.setattr(multihead.training.tune, "_selection_score", _always_better())  # the last epoch is kept
+        torch.manual_seed(0)
+        config = TrainConfig(tune_from="layer4", **TINY, tune_precision=precision)
+        result = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None, cache_dir=tmp_path)
+        ran = {r["precision"] for r in result.history if str(r["part"]).startswith("tune")}
+        return ran, result.model.trunk.network.layer4.state_dict()
+
+    fp32, weights_fp32 = tuned("fp32", native=True)
+    auto_without, weights_without = tuned("auto", native=False)
+    auto_with, weights_with = tuned("auto", native=True)
+    assert (fp32, auto_without, auto_with) == ({"fp32"}, {"fp32"}, {"bf16"})
+    assert all(torch.equal(weights_without[k], weights_fp32[k]) for k in weights_fp32)
+    assert not all(torch.equal(weights_with[k], weights_fp32[k]) for k in weights_fp32)
 
 
 def test_tuning_moves_the_top_only_and_is_recorded(tuned, tiny_data):

@@ -94,6 +94,10 @@ def train(
         callback=_one_of("none", "flips", "dihedral"),
         help="Views of the cached maps while tuning: none, flips (the default) or dihedral (flips and "
              "90-degree rotations).")] = None,
+    tune_precision: Annotated[str | None, typer.Option(
+        callback=_one_of("auto", "fp32", "bf16"),
+        help="Arithmetic of the tuning steps: auto (the default: bf16 where the device computes it in hardware, "
+             "CUDA or a CPU with AVX-512 BF16 or AMX; fp32 elsewhere), fp32 or bf16. Evaluation stays fp32.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N: where to train (tuning is what a GPU speeds up).")
                       ] = "cpu",
 ) -> None:
@@ -116,7 +120,7 @@ def train(
                                           target_accuracy=target_accuracy, abstain=False if no_abstain else None,
                                           tune_from=tune_from, tune_epochs=tune_epochs, tune_patience=tune_patience,
                                           tune_lr=tune_lr, tune_head_lr=tune_head_lr, tune_batchnorm=tune_batchnorm,
-                                          tune_views=tune_views)
+                                          tune_views=tune_views, tune_precision=tune_precision)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     weights = None if trunk_weights.lower() == "none" else trunk_weights

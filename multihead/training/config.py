@@ -60,6 +60,12 @@ class TrainConfig:
     # runs of docs/accuracy/tuning.jsonl at epoch 3 with the frozen top kept; counted as now, it still cuts 6 of
     # them short of the epoch validation keeps when every epoch runs.
     tune_patience: int | None = None
+    # arithmetic of the tuning steps (forward and backward through the top; the heads, the loss and every
+    # evaluation stay fp32): "bf16" autocast, "fp32", or "auto": bf16 where the device computes it in hardware
+    # (CUDA; CPUs with AVX-512 BF16 or AMX, multihead._precision.native_bf16), fp32 elsewhere
+    tune_precision: str = "auto"
+    # label smoothing of the tuning loss: this share of each image's target spread evenly over the 26 subtypes
+    tune_label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -86,6 +92,10 @@ class TrainConfig:
                              "augmented instead (tune_views)")
         if self.tune_batchnorm not in ("train", "frozen", "adapted"):
             raise ValueError(f"tune_batchnorm must be 'train', 'frozen' or 'adapted', got {self.tune_batchnorm!r}")
+        if not 0.0 <= self.tune_label_smoothing < 1.0:
+            raise ValueError(f"tune_label_smoothing must be in [0, 1), got {self.tune_label_smoothing!r}")
+        if self.tune_precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"tune_precision must be 'auto', 'fp32' or 'bf16', got {self.tune_precision!r}")
         if self.tune_views not in ("none", "flips", "dihedral"):
             raise ValueError(f"tune_views must be 'none', 'flips' or 'dihedral', got {self.tune_views!r}")
         if not isinstance(self.stages, str):

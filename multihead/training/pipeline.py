@@ -28,7 +28,7 @@ from ..taxonomy import Taxonomy
 from .config import TrainConfig
 from .heads import fit_heads
 from .posthoc import fit_temperatures, fit_trust
-from .tune import top_features, tune_top
+from .tune import top_features, tune_precision, tune_top
 
 __all__ = ["TrainResult", "save_split_next_to", "train_from_folder"]
 
@@ -151,8 +151,8 @@ def _train_tuned(model: MultiHeadModel, scan: DatasetScan, split: Split, config:
     """Cached maps of the frozen bottom, then heads warmed up and the top tuned with them; the features the
     post-hoc estimators are fitted on come from the tuned top."""
     parts = split_trunk(model.trunk, config.tune_from)
-    stage(f"tuning trunk {model.trunk.name!r} from {parts.cut!r} up; below it frozen"
-          + ("" if parts.cut == STEM else ", its maps cached"))
+    stage(f"tuning trunk {model.trunk.name!r} from {parts.cut!r} up in {tune_precision(config, model.device)}; "
+          "below it frozen" + ("" if parts.cut == STEM else ", its maps cached"))
     started = time.perf_counter()
     maps: dict[str, MapSet] = {}
     for name in ("train", "val", "test"):

@@ -22,6 +22,11 @@ top's statistics on the training maps first and warms the heads up again on thos
 ``"train"``: with ``"train"`` the statistics jump to the new data's in the first steps, and the heads warmed up
 on ImageNet's statistics score 17 % on validation with them (docs/training.md), so the first epoch is spent
 relearning the heads.
+
+The forward and backward passes through the top run under bf16 autocast where the device computes bf16 in
+hardware (``tune_precision="auto"``: CUDA, CPUs with AVX-512 BF16 or AMX); the heads, the loss, the optimizer's
+state and every evaluation stay fp32. Label smoothing (``tune_label_smoothing``) spreads that share of each
+target over all subtypes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .._precision import native_bf16
 from ..evaluation.metrics import feature_metrics
 from ..features.dataset import FeatureSet
 from ..features.maps import MapSet
@@ -50,7 +56,7 @@ from .heads import (
 )
 
 __all__ = ["MIN_ORGAN_IMAGES", "adapt_batchnorm", "organ_accuracies", "organ_balanced_accuracy", "top_features",
-           "tune_top"]
+           "tune_precision", "tune_top"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,16 @@ def _augment(maps: torch.Tensor, views: str, generator: torch.Generator) -> torc
     if views == "dihedral" and maps.shape[2] == maps.shape[3]:
         maps = torch.where(transpose, maps.transpose(2, 3), maps)
     return maps
+
+
+def _tuning_loss(joint_log_probs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                 smoothing: float) -> torch.Tensor:
+    """The weighted joint cross-entropy; with ``smoothing``, that share of each target is spread evenly over all
+    subtypes (torch's ``label_smoothing``, on the joint log-probabilities)."""
+    nll = F.nll_loss(joint_log_probs, targets, reduction="none")
+    if smoothing:
+        nll = (1 - smoothing) * nll - smoothing * joint_log_probs.mean(1)
+    return (nll * weights).sum() / weights.sum()
 
 
 def _schedule(total_steps: int) -> Callable[[int], float]:
@@ -186,6 +202,7 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
     subtypes = train.subtypes.to(device)
     weight = sample_weights(subtypes) if config.class_weighting else torch.ones(len(train), device=device)
     best_tuned, stale = float("-inf"), 0  # patience counts the tuning's own progress
+    precision = tune_precision(config, device)
     try:
         for epoch in range(1, config.tune_epochs + 1):
             parts.set_batchnorm_training(config.tune_batchnorm != "frozen")
@@ -193,11 +210,10 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
             total, count = 0.0, 0
             for rows, maps, pooled in train.batches(order, config.batch_size, parts, model):
                 rows = rows.to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     features = parts.top_forward(_augment(maps, config.tune_views, generator), pooled)
                 out = model.forward_heads((features.float() - mean) / std)
-                nll = F.nll_loss(out.joint_log_probs, subtypes[rows], reduction="none")
-                loss = (nll * weight[rows]).sum() / weight[rows].sum()
+                loss = _tuning_loss(out.joint_log_probs, subtypes[rows], weight[rows], config.tune_label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -207,7 +223,7 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
                     on_progress(f"tune epoch {epoch}", count, len(train))
             # the training set is not re-run after each epoch (a third of the epoch's cost): its loss is the
             # running mean over the epoch's augmented batches
-            record: dict[str, object] = {"epoch": epoch, "part": f"tune:{parts.cut}",
+            record: dict[str, object] = {"epoch": epoch, "part": f"tune:{parts.cut}", "precision": precision,
                                          "train": {"loss": total / max(count, 1)}}
             tuned_val = (standardized(top_features(parts, val, model), mean.cpu(), std.cpu())
                          if val is not None and len(val) else None)
@@ -236,6 +252,13 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
     _restore(model, parts, state)
     fold_standardization(model, mean, std)
     return history
+
+
+def tune_precision(config: TrainConfig, device: torch.device) -> str:
+    """``config.tune_precision`` on ``device``: ``"auto"`` is ``"bf16"`` where the device computes bf16 in hardware."""
+    if config.tune_precision != "auto":
+        return config.tune_precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 @torch.no_grad()
