@@ -9,6 +9,8 @@ bytes), and are normalised there; the trunk may run in reduced precision, the he
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
@@ -17,9 +19,52 @@ from ..model.heads import HeadOutput, MultiHeadModel
 from .backends import runtime_for
 from .config import InferenceConfig
 
-__all__ = ["match_weight_layout", "run_batch", "run_features"]
+__all__ = ["match_weight_layout", "run_batch", "run_features", "weights_in_use"]
 
-_LAYOUT_LOCK = threading.Lock()
+
+class _SharedWeights:
+    """Forward passes read the trunk's weights together; re-laying them out swaps the tensors' data under a
+    running convolution (a segfault, not an error), so it waits until no pass runs and holds new ones back."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._passes = 0
+        self._relaying = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._changed:
+            while self._relaying:
+                self._changed.wait()
+            self._passes += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._passes -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def relaying(self) -> Iterator[None]:
+        with self._changed:
+            while self._relaying or self._passes:
+                self._changed.wait()
+            self._relaying = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._relaying = False
+                self._changed.notify_all()
+
+
+_WEIGHTS = _SharedWeights()
+
+
+def weights_in_use() -> AbstractContextManager[None]:
+    """Hold while a forward (or backward) pass on a model's own PyTorch weights runs in a thread that others
+    may share: :func:`match_weight_layout` waits for it. Not re-entrant with that function."""
+    return _WEIGHTS.reading()
 
 
 def match_weight_layout(model: MultiHeadModel, channels_last: bool) -> bool:
@@ -37,7 +82,7 @@ def match_weight_layout(model: MultiHeadModel, channels_last: bool) -> bool:
     network = model.trunk
     if all(t.is_contiguous(memory_format=memory_format) for t in _four_d(network)):
         return False
-    with _LAYOUT_LOCK, torch.inference_mode(False), torch.no_grad():
+    with _WEIGHTS.relaying(), torch.inference_mode(False), torch.no_grad():
         if all(t.is_contiguous(memory_format=memory_format) for t in _four_d(network)):
             return False
         network.to(memory_format=memory_format)
@@ -72,7 +117,7 @@ def run_features(model: MultiHeadModel, batch: torch.Tensor,
             return runtime.features(batch).to(device)
     config = resolved
     match_weight_layout(model, config.channels_last)
-    with torch.inference_mode():
+    with weights_in_use(), torch.inference_mode():
         batch = batch.to(device, non_blocking=True)
         if config.channels_last:  # in uint8, before normalising: a quarter of the bytes to move
             batch = batch.contiguous(memory_format=torch.channels_last)

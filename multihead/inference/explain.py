@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.images import ImageInput, describe_input, is_path
 from ..model.heads import MultiHeadModel
+from .engine import weights_in_use
 from .models import ModelInput, shared_model
 from .predict import Prediction, predict_batch
 
@@ -59,7 +60,7 @@ def find_target_layer(model: MultiHeadModel) -> tuple[str, nn.Module]:
              for name, child in network.named_children()]
     size = model.preprocessing.image_size
     try:
-        with torch.no_grad():
+        with weights_in_use(), torch.no_grad():
             network(torch.zeros(1, 3, size, size, device=model.device))
     finally:
         for hook in hooks:
@@ -106,7 +107,7 @@ def grad_cam(model: MultiHeadModel, batch: torch.Tensor, organ: int,
 
     hook = layer.register_forward_hook(make_leaf)
     try:
-        with torch.enable_grad():
+        with weights_in_use(), torch.enable_grad():
             images = model.preprocessing.normalize(batch.to(model.device))
             output = model.forward_heads(model.forward_features(images).float())
             activation = captured[0]
