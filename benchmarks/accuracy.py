@@ -544,7 +544,7 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
         picked_names = {r["name"] for r in seeds}
         seeded = [r["tuned"]["ece"] for r in calibration if r["checkpoint"] in picked_names]
         over_seeds = (f"; the picked configuration over {len(seeded)} training seeds, from the cached maps: "
-                      f"{min(seeded):.3f} to {max(seeded):.3f}, at most 0.03 in {sum(e <= 0.03 for e in seeded)}"
+                      f"{min(seeded):.4f} to {max(seeded):.4f}, at most 0.03 in {sum(e <= 0.03 for e in seeded)}"
                       if len(seeded) > 1 else "")
         met[f"calibration error <= 0.03 ({described}, temperatures fitted: {calibrated:.3f}{over_seeds})"] = (
             calibrated <= 0.03 and all(e <= 0.03 for e in seeded))
@@ -580,7 +580,7 @@ def _tuning_verdict(rows: list[dict], best: dict | None, splits: list[dict], tra
         f"**Picked on validation** (organ-balanced accuracy of the kept epoch, library recipe, multihead, the mean "
         f"over a configuration's training seeds, here {len(seeds)}): tuned from `{best['cut']}`, stage lr "
         f"{config['tune_lr']:g}, head lr {config['tune_head_lr']:g}, BatchNorm {config['tune_batchnorm']}, "
-        f"{config['tune_views']}, {config['tune_epochs']} epochs (validation "
+        f"{config['tune_views']}, {config['tune_epochs']} epochs{_extras(config)} (validation "
         f"{_pct(best['frozen']['val']['accuracy'])} -> {_pct(best['tuned']['val']['accuracy'])} with seed 0). "
         "On test, seed 0: all "
         f"subtypes {_pct(frozen['accuracy'])} -> {_pct(tuned['accuracy'])}, "
