@@ -267,8 +267,6 @@ def _tuning() -> list[str]:
     """The tables of benchmarks/tuning.py (docs/accuracy/tuning.jsonl): frozen against a tuned top; then the
     picked configuration on the other splits, and the timed end-to-end runs of benchmarks/tuned_train.py."""
     rows = _jsonl(REPO / "docs" / "accuracy" / "tuning.jsonl")
-    for row in rows:
-        row["config"] = {**SINCE, **row["config"]}
     if not rows:
         return []
     committed = [r for r in rows if not r.get("split_seed")]
@@ -442,6 +440,7 @@ def _settings(row: dict) -> str:
 
 def _extras(config: dict) -> str:
     """The settings added later, named where a row does not run them as the first rows did."""
+    config = {**SINCE, **config}
     return ((f", label smoothing {config['tune_label_smoothing']:g}" if config["tune_label_smoothing"] else "")
             + (f", {config['tune_precision']}" if config["tune_precision"] != "fp32" else ""))
 
