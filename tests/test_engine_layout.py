@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import multihead
 from multihead.inference import InferenceConfig, run_batch, run_features
-from multihead.inference.engine import match_weight_layout
+from multihead.inference.shared_weights import match_weight_layout
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

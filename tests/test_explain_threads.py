@@ -1,14 +1,11 @@
 """Issue 20: Grad-CAM from several threads on one model, beside a concurrent classify on the torch backend."""
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 import multihead
 from multihead.inference.config import InferenceConfig
-from multihead.inference.engine import match_weight_layout, weights_in_use
 
 
 def test_explain_from_two_threads_beside_classify(tiny_model):
@@ -35,19 +32,3 @@ def test_explain_from_two_threads_beside_classify(tiny_model):
             np.testing.assert_allclose(got.subtype_map, want.subtype_map, atol=1e-5)
     assert [p.subtype for p in predictions[:4]] == [e.prediction.subtype for e in expected]
 
-
-def test_relaying_the_weights_waits_for_the_passes_running_on_them(tiny_model):
-    """Swapping the weights' data under a running convolution crashed the process (a segfault in the test
-    above, 4 runs of 6 on a loaded 2-core machine): the layout change waits for the passes."""
-    def four_d_channels_last() -> bool:
-        return all(p.is_contiguous(memory_format=torch.channels_last) for p in tiny_model.trunk.parameters()
-                   if p.dim() == 4)
-
-    match_weight_layout(tiny_model, False)
-    relaid = threading.Event()
-    relayer = threading.Thread(target=lambda: (match_weight_layout(tiny_model, True), relaid.set()))
-    with weights_in_use():
-        relayer.start()
-        assert not relaid.wait(0.5) and not four_d_channels_last()
-    assert relaid.wait(30) and four_d_channels_last()
-    relayer.join()

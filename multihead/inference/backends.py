@@ -30,6 +30,7 @@ from ..model.heads import MultiHeadModel
 from ..model.trunk import fingerprint_state_dict
 from ..model.trunk_split import TrunkSplit
 from .export import OUTPUTS, bottom_outputs, check_onnx, export_bottom_onnx, export_onnx, require
+from .shared_weights import weights_in_use
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "bottom_runtime_for", "installed_backends",
            "open_bottom_runtime", "open_runtime", "resolve_backend", "runtime_for"]
@@ -204,7 +205,7 @@ def _probe(model: MultiHeadModel, runtime: Runtime,
     features) on two random images: a wrong conversion shows."""
     size = model.preprocessing.image_size
     images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
+    with weights_in_use(), torch.inference_mode():
         wanted = (expected(images) if expected is not None
                   else {"features": model.forward_features(model.preprocessing.normalize(images))})
     found = runtime.run(images, tuple(wanted))

@@ -8,89 +8,15 @@ bytes), and are normalised there; the trunk may run in reduced precision, the he
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-
 import torch
 
 from .._precision import PRECISIONS
 from ..model.heads import HeadOutput, MultiHeadModel
 from .backends import runtime_for
 from .config import InferenceConfig
+from .shared_weights import match_weight_layout, weights_in_use
 
-__all__ = ["match_weight_layout", "run_batch", "run_features", "weights_in_use"]
-
-
-class _SharedWeights:
-    """Forward passes read the trunk's weights together; re-laying them out swaps the tensors' data under a
-    running convolution (a segfault, not an error), so it waits until no pass runs and holds new ones back."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._passes = 0
-        self._relaying = False
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._changed:
-            while self._relaying:
-                self._changed.wait()
-            self._passes += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._passes -= 1
-                self._changed.notify_all()
-
-    @contextmanager
-    def relaying(self) -> Iterator[None]:
-        with self._changed:
-            while self._relaying or self._passes:
-                self._changed.wait()
-            self._relaying = True
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._relaying = False
-                self._changed.notify_all()
-
-
-_WEIGHTS = _SharedWeights()
-
-
-def weights_in_use() -> AbstractContextManager[None]:
-    """Hold while a forward (or backward) pass on a model's own PyTorch weights runs in a thread that others
-    may share: :func:`match_weight_layout` waits for it. Not re-entrant with that function."""
-    return _WEIGHTS.reading()
-
-
-def match_weight_layout(model: MultiHeadModel, channels_last: bool) -> bool:
-    """Lay out the trunk's 4-d weights channels_last (or contiguous) unless they already are; returns whether
-    anything was converted. Idempotent and thread-safe; the values do not change, nor the ``Parameter``
-    objects (``module.to(memory_format=...)`` swaps their data), and the new tensors are ordinary ones even
-    when called inside ``torch.inference_mode`` (so Grad-CAM and tuning still work on the model afterwards).
-
-    Example:
-        >>> model = multihead.create_model("resnet18", trunk_weights=None)  # doctest: +SKIP
-        >>> match_weight_layout(model, True), match_weight_layout(model, True)  # doctest: +SKIP
-        (True, False)
-    """
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    network = model.trunk
-    if all(t.is_contiguous(memory_format=memory_format) for t in _four_d(network)):
-        return False
-    with _WEIGHTS.relaying(), torch.inference_mode(False), torch.no_grad():
-        if all(t.is_contiguous(memory_format=memory_format) for t in _four_d(network)):
-            return False
-        network.to(memory_format=memory_format)
-    return True
-
-
-def _four_d(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [t for t in (*module.parameters(), *module.buffers()) if t.dim() == 4]
+__all__ = ["run_batch", "run_features"]
 
 
 def run_features(model: MultiHeadModel, batch: torch.Tensor,

@@ -20,9 +20,9 @@ from torch import nn
 
 from ..data.images import ImageInput, describe_input, is_path
 from ..model.heads import MultiHeadModel
-from .engine import weights_in_use
 from .models import ModelInput, shared_model
 from .predict import Prediction, predict_batch
+from .shared_weights import weights_in_use
 
 __all__ = ["Explanation", "explain", "find_target_layer", "grad_cam"]
 

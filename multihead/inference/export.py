@@ -38,6 +38,7 @@ from .._io import atomic_path
 from ..model.checkpoint import model_header
 from ..model.heads import MultiHeadModel
 from ..model.trunk_split import TrunkSplit
+from .shared_weights import weights_in_use
 
 __all__ = ["DEFAULT_OPSET", "ONNX_FORMAT", "OUTPUTS", "MissingDependencyError", "bottom_outputs", "check_onnx",
            "export_bottom_onnx", "export_onnx", "read_onnx_header", "require"]
@@ -152,7 +153,7 @@ def _export(graph: nn.Module, model: MultiHeadModel, outputs: tuple[str, ...], p
     # module below it (BatchNorm of a frozen bottom included) in that mode: each module's own mode is restored
     modes = [(module, module.training) for module in graph.modules()]
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        with weights_in_use(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes on constants (mean, std) that are constants indeed
             torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=opset, input_names=["images"],
                               output_names=list(outputs), dynamic_axes=dynamic_axes)
