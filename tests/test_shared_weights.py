@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from multihead.inference import shared_weights
 from multihead.inference.backends import open_runtime
 from multihead.inference.export import export_onnx
 from multihead.inference.shared_weights import match_weight_layout, weights_in_use
@@ -75,3 +76,36 @@ def test_the_backends_probe_runs_the_torch_weights_outside_a_relayout(tiny_model
     seen = _relayout_during(tiny_model, lambda: open_runtime(tiny_model, backend, onnx_file=onnx_file), monkeypatch,
                             tiny_model, "forward_features")
     assert seen == [False, False, True]
+
+
+def test_a_pass_asked_for_while_a_relayout_waits_runs_after_it_but_a_nested_one_goes_on(tiny_model):
+    """Overlapping passes would otherwise hold a relayout off for ever; a pass nested in a held one must not
+    wait for it, or the two would wait for each other."""
+    match_weight_layout(tiny_model, False)
+    seen: dict[str, bool] = {}
+
+    def newcomer() -> None:
+        with weights_in_use():
+            seen["newcomer"] = _channels_last(tiny_model)
+
+    def scenario() -> None:
+        relayer = threading.Thread(target=match_weight_layout, args=(tiny_model, True))
+        late = threading.Thread(target=newcomer)
+        with weights_in_use():
+            relayer.start()
+            deadline = time.monotonic() + 30
+            while not shared_weights._WEIGHTS._relayouts_asked and time.monotonic() < deadline:
+                time.sleep(0.01)
+            late.start()
+            time.sleep(0.3)  # the newcomer is waiting now (it ran at once before)
+            with weights_in_use():
+                seen["nested"] = _channels_last(tiny_model)
+        relayer.join(30)
+        late.join(30)
+
+    runner = threading.Thread(target=scenario, daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "the nested pass waited for the relayout that waited for it"
+    assert seen == {"nested": False, "newcomer": True}
+    match_weight_layout(tiny_model, False)

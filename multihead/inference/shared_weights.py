@@ -21,22 +21,29 @@ __all__ = ["match_weight_layout", "weights_in_use"]
 
 
 class _SharedWeights:
-    """A readers/relayer guard: passes run together; a relayout waits until no pass runs and holds new ones back."""
+    """A readers/relayer guard: passes run together; a relayout waits until no pass runs. New passes wait
+    while a relayout is asked for (else overlapping passes could hold it off for ever), except in a thread that
+    already holds one: a pass nested in a pass goes on, so the outer one can end."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._passes = 0
+        self._relayouts_asked = 0
         self._relaying = False
+        self._held = threading.local()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
+        depth = getattr(self._held, "depth", 0)
         with self._changed:
-            while self._relaying:
+            while self._relaying or (self._relayouts_asked and not depth):
                 self._changed.wait()
             self._passes += 1
+        self._held.depth = depth + 1
         try:
             yield
         finally:
+            self._held.depth = depth
             with self._changed:
                 self._passes -= 1
                 self._changed.notify_all()
@@ -44,6 +51,7 @@ class _SharedWeights:
     @contextmanager
     def relaying(self) -> Iterator[None]:
         with self._changed:
+            self._relayouts_asked += 1
             while self._relaying or self._passes:
                 self._changed.wait()
             self._relaying = True
@@ -52,6 +60,7 @@ class _SharedWeights:
         finally:
             with self._changed:
                 self._relaying = False
+                self._relayouts_asked -= 1
                 self._changed.notify_all()
 
 
