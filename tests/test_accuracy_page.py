@@ -65,3 +65,26 @@ def test_precision_and_label_smoothing_make_their_own_configuration():
     assert [r["name"] for r in page._seeds(rows, older[0])] == ["dihedral-seed0", "dihedral-seed1", "dihedral-seed2"]
     assert [r["name"] for r in page._seeds(rows, smoothed[0])] == ["dihedral-seed0-ls", "dihedral-seed1-ls"]
     assert page._picked(rows, 448)["name"] == "dihedral-seed0-bf16"
+
+
+def _result(accuracy: float) -> dict:
+    organs = dict.fromkeys(("all", "brain", "lung_colon", "lymphoma"), accuracy)
+    return {part: {"accuracy": accuracy, "organ_balanced": accuracy, "organs": organs} for part in ("val", "test")}
+
+
+def test_sharing_sets_each_multihead_run_beside_the_baselines_of_its_settings_and_seed():
+    page = _renderer()
+    rows = []
+    for method, seed, views, accuracy in [("multihead", 0, "dihedral", 0.95), ("flat", 0, "dihedral", 0.94),
+                                          ("per-organ", 0, "dihedral", 0.96), ("flat", 1, "dihedral", 0.91),
+                                          ("flat", 0, "flips", 0.92), ("multihead", 0, "flips", 0.93)]:
+        row = _row(views, seed, accuracy)
+        row["config"]["method"] = method
+        rows.append({**row, "frozen": _result(0.9), "tuned": _result(accuracy), "best_epoch": 3})
+    table = [line for line in page._sharing(rows) if line.startswith("| BatchNorm")]
+    assert [line.split(" | ")[2:4] for line in table] == [
+        ["multihead", "3"], ["flat", "3"], ["per-organ", "3"],  # dihedral, seed 0; not flat's seed 1
+        ["multihead", "3"], ["flat", "3"]]  # flips
+    assert [line.split(" | ")[5] for line in table] == ["90.0 -> 95.0", "90.0 -> 94.0", "90.0 -> 96.0",
+                                                         "90.0 -> 93.0", "90.0 -> 92.0"]
+    assert page._sharing([r for r in rows if r["config"]["method"] == "multihead"]) == []
