@@ -300,7 +300,7 @@ def _tuning() -> list[str]:
             config["tune_views"],
             config["method"] + ("" if row.get("heads_space") else " (raw heads)") + _extras(config),
             str(config["seed"]),
-            f"{row['best_epoch'] or 'none'} of {config['tune_epochs']}",
+            f"{_kept(row)} of {config['tune_epochs']}",
             f"{_pct(frozen['val']['accuracy'])} -> {_pct(tuned['val']['accuracy'])}",
             f"{_pct(frozen['test']['accuracy'])} -> {_pct(tuned['test']['accuracy'])}",
             _pct(whole.get("accuracy")),
@@ -334,6 +334,11 @@ def _tuning() -> list[str]:
     return lines
 
 
+def _kept(row: dict) -> str:
+    """The tuning epoch validation kept ("none": the frozen top); a per-organ run keeps one per organ."""
+    return "per organ" if row["config"]["method"] == "per-organ" else str(row["best_epoch"] or "none")
+
+
 def _picked(rows: list[dict], image_size: int) -> dict | None:
     """The seed-0 row of the library-recipe multihead configuration at ``image_size`` with the best
     organ-balanced validation accuracy, averaged over the training seeds the configuration was run with (one
@@ -356,7 +361,7 @@ def _sharing(rows: list[dict]) -> list[str]:
         for run in [row, *sorted(others, key=lambda r: r["config"]["method"])] if others else []:
             frozen, tuned = run["frozen"], run["tuned"]
             cells = [_settings(row), str(row["config"]["seed"]), run["config"]["method"],
-                     str(run["best_epoch"] or ("per organ" if run["config"]["method"] == "per-organ" else "none")),
+                     _kept(run),
                      f"{_pct(frozen['val']['organ_balanced'])} -> {_pct(tuned['val']['organ_balanced'])}",
                      f"{_pct(frozen['test']['accuracy'])} -> {_pct(tuned['test']['accuracy'])}",
                      *_organ_changes(frozen, tuned)]
