@@ -358,10 +358,11 @@ def _sharing(rows: list[dict]) -> list[str]:
             continue
         others = [r for r in rows if r.get("heads_space") and r["config"]["method"] != "multihead"
                   and r["config"]["seed"] == row["config"]["seed"] and _same_settings(r, row, but="method")]
-        for run in [row, *sorted(others, key=lambda r: r["config"]["method"])] if others else []:
+        if not others:
+            continue
+        for run in [row, *sorted(others, key=lambda r: r["config"]["method"])]:
             frozen, tuned = run["frozen"], run["tuned"]
-            cells = [_settings(row), str(row["config"]["seed"]), run["config"]["method"],
-                     _kept(run),
+            cells = [_settings(row), str(row["config"]["seed"]), run["config"]["method"], _kept(run),
                      f"{_pct(frozen['val']['organ_balanced'])} -> {_pct(tuned['val']['organ_balanced'])}",
                      f"{_pct(frozen['test']['accuracy'])} -> {_pct(tuned['test']['accuracy'])}",
                      *_organ_changes(frozen, tuned)]
