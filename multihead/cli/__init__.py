@@ -1,6 +1,7 @@
 """The ``multihead`` command: a thin typer layer over the library, one module per group of commands.
 
-Exit codes: 0 everything worked; 1 an error stopped the command (one line on stderr says why);
+Exit codes: 0 everything worked; 1 an error stopped the command (one line on stderr says why; an
+unexpected one too, named as a bug: ``multihead --debug COMMAND ...`` shows its traceback);
 2 the command line was wrong; 3 the command ran but some inputs failed (listed in the output).
 Each command imports the library only when it runs, so ``multihead --help`` needs no torch.
 """

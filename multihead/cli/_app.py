@@ -41,10 +41,27 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error instead of one line "
+                                                        "(for bug reports).")] = False,
 ) -> None:
     """Options before the command; the commands import torch only when they run, so --help is fast."""
+    ctx.meta[_DEBUG] = debug
+
+
+_DEBUG = "multihead.debug"
+"""Where ``--debug`` is kept: click's context ``meta``, which every command's context shares."""
+
+
+def _debugging() -> bool:
+    try:  # typer >= 0.17 runs its own copy of click; older ones run click itself
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(_DEBUG))
 
 
 def _one_of(*allowed: str) -> Callable[[Any], Any]:
@@ -58,16 +75,24 @@ def _one_of(*allowed: str) -> Callable[[Any], Any]:
 
 
 def _library_errors(func: _F) -> _F:
-    """Turn the library's plain errors into one line on stderr and exit code 1."""
+    """Turn any error into one line on stderr and exit code 1: the library's plain errors (``ValueError``,
+    ``OSError``, ...) as they are, anything else named as a bug. ``multihead --debug`` shows the traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except typer.Exit:  # click's Exit is a RuntimeError: let it through untouched
+        except (typer.Exit, typer.Abort, typer.BadParameter):  # exits and usage errors: as they are
             raise
-        except (ValueError, TypeError, RuntimeError, OSError) as err:  # escaped: "[serve]" is no markup
-            err_console.print(f"[bold red]error:[/] {_shown(err)}", highlight=False, soft_wrap=True)
+        except Exception as err:
+            if _debugging():
+                raise
+            if isinstance(err, (ValueError, TypeError, RuntimeError, OSError)):  # escaped: "[serve]" is no markup
+                message = _shown(err)
+            else:
+                message = (f"unexpected {type(err).__name__}: {_shown(err)} (a bug in multihead: run "
+                           "'multihead --debug ...' for the traceback and report it)")
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

@@ -55,21 +55,36 @@ def plot_history(history: Sequence[dict[str, Any]], *, axes: Any = None, part: s
     plt = pyplot()
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 4))
-    part = part or (history[0]["part"] if history else None)
+    part = part or (history[0].get("part") if history else None)
     rows = [h for h in history if h.get("part") == part]
-    epochs = [h["epoch"] for h in rows]
     key = "accuracy_given_organ" if str(part).startswith("head:") else (
         "router_accuracy" if part == "router" else "accuracy")
-    for split, style in (("train", "-o"), ("val", "--s")):
-        if all(split in h for h in rows):
-            axes[0].plot(epochs, [h[split]["loss"] for h in rows], style, label=split)
-            axes[1].plot(epochs, [h[split][key] for h in rows], style, label=split)
+    for split, style, color in (("train", "-o", "tab:blue"), ("val", "--s", "tab:orange")):
+        for ax, metric in ((axes[0], "loss"), (axes[1], key)):
+            points = _points(rows, split, metric)
+            if points:
+                ax.plot(*zip(*points), style, color=color, label=split)
     axes[0].set(xlabel="epoch", ylabel="loss", title=f"{part}: loss")
     axes[1].set(xlabel="epoch", ylabel=key.replace("_", " "), title=f"{part}: accuracy")
     for ax in axes:
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     return axes
+
+
+def _points(rows: Sequence[dict[str, Any]], split: str, metric: str) -> list[tuple[int, float]]:
+    """``(epoch, value)`` of the records that hold ``record[split][metric]``. A tuning epoch records its training
+    loss only (its training accuracy would cost another pass over the maps): it is drawn without that figure."""
+    points = []
+    for record in rows:
+        figures = record.get(split)
+        value = figures.get(metric) if isinstance(figures, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            points.append((record.get("epoch"), float(value)))
+    return points
+
 
 
 def plot_prediction(image: Any, prediction: Prediction, *, taxonomy: Taxonomy | None = None, fig: Any = None,

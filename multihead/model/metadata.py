@@ -203,6 +203,8 @@ def check_metadata(value: Any, *, organs: tuple[str, ...] = ()) -> dict[str, Any
     for key in ("history", "skipped"):
         if key in metadata:
             _list(metadata[key], f"metadata.{key}")
+    for index, record in enumerate(metadata.get("history", [])):
+        _object(record, f"metadata.history[{index}]")
     if "available_organs" in metadata:
         available = _list(metadata["available_organs"], "metadata.available_organs")
         unknown = [printable(o) for o in available if o not in organs] if organs else []
