@@ -3,8 +3,10 @@
     python recipes/default_model.py                      # the shipped file: ImageNet MobileNetV2 trunk
     python recipes/default_model.py --trunk resnet18 --trunk-weights imagenet --data KAGGLE_DIR --out model.safetensors
 
-Same seed, same leak-free split, same configuration as the shipped file. The embedded trunk is stored in
-float16 only if that changes no prediction on the test split (checked here, and recorded in the file).
+Trained on every real image there is: ``multi-cancer-sample`` and ``multi-cancer-extra`` together (``--data`` takes
+one folder or several). Same seed, same leak-free split, same configuration as the shipped file. The embedded
+trunk is stored in float16 only if that changes no prediction on the test split (checked here, and recorded in
+the file).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from multihead.training.pipeline import train_from_folder
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEFAULT_OUT = REPO / "multihead" / "weights" / "default.safetensors"
+DATA = (SHARED / "data" / "multi-cancer-sample", SHARED / "data" / "multi-cancer-extra")
 RECIPE = {"preset": "default", "overrides": {}, "trunk": "mobilenet_v2",
-          "trunk_weights": str(SHARED / "weights" / "mobilenet_v2-imagenet-features.safetensors")}
+          "trunk_weights": SHARED / "weights" / "mobilenet_v2-imagenet-features.safetensors"}
 
 
 def _changed_predictions(model: multihead.MultiHeadModel, half: multihead.MultiHeadModel, result) -> int:
@@ -44,7 +47,7 @@ def _changed_predictions(model: multihead.MultiHeadModel, half: multihead.MultiH
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "multi-cancer-sample")
+    parser.add_argument("--data", type=Path, nargs="+", default=list(DATA), help="data folders (their union)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--trunk", default=RECIPE["trunk"])
     parser.add_argument("--trunk-weights", default=RECIPE["trunk_weights"])
@@ -58,8 +61,9 @@ def main() -> None:
     model = result.model
     test, _ = evaluate_folder(model, args.data, split=result.split, subset="test", cache_dir=args.cache_dir)
     model.metadata["test_report"] = {k: test[k] for k in ("n_images", "router", "overall", "organs", "paper")}
-    model.metadata["recipe"] = {**RECIPE, "script": "recipes/default_model.py", "data": str(args.data),
-                                "trunk": args.trunk, "trunk_weights": str(args.trunk_weights)}
+    model.metadata["recipe"] = {**RECIPE, "script": "recipes/default_model.py",  # names, never this machine's paths
+                                "data": [source.name for source in result.scan.sources], "trunk": args.trunk,
+                                "trunk_weights": Path(args.trunk_weights).name, "seconds": 0.0}
 
     trunk_dtype = "float32"
     if model.trunk.weights_id is None:  # embedded: try float16 storage
@@ -70,6 +74,7 @@ def main() -> None:
         model.metadata["float16_trunk_check"] = {"test_images": test["n_images"], "changed_predictions": changed}
         trunk_dtype = "float16" if changed == 0 else "float32"
         print(f"float16 trunk changes {changed} of {test['n_images']} test predictions -> storing {trunk_dtype}")
+    model.metadata["recipe"]["seconds"] = round(time.perf_counter() - started, 1)
     multihead.save(model, args.out, trunk_dtype=trunk_dtype)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.0f} s; "
           f"test router accuracy {test['router']['accuracy']:.4f}, overall {test['overall']['accuracy']:.4f}")

@@ -29,7 +29,8 @@ from multihead.model.checkpoint import (
     model_header,
     read_header,
 )
-from multihead.model.trunk import fingerprint_state_dict
+
+from .legacy_checkpoints import write_legacy
 
 TRUNK = "mobilenet_v3_small"
 TRUNK_PARAMETERS = 1_530_002  # its feature extractor's state dict, buffers included
@@ -287,18 +288,7 @@ def test_trunk_entries_older_files_lack_take_their_defaults(small, base, tmp_pat
     _assert_same_model(small, loaded)
 
 
-# --- format 1 ------------------------------------------------------------------------------------------
-
-def _write_format_1(model: multihead.MultiHeadModel, path: Path, *, drop: tuple[str, ...] = ()) -> None:
-    """``model`` as format 1 stored it: the estimators' buffers flat on the model, under their old names."""
-    multihead.save(model, path)
-    metadata, tensors = _read(path)
-    old_name = {new: old for old, new in FORMAT_1_KEYS.items()}
-    tensors = {old_name.get(k, k): v for k, v in tensors.items() if old_name.get(k, k) not in drop}
-    heads = {k: v for k, v in tensors.items() if not k.startswith("trunk.")}
-    save_file(tensors, str(path), metadata={**metadata, "format_version": "1",
-                                            "heads_sha256": fingerprint_state_dict(heads)})
-
+# --- formats 1 and 2 -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def calibrated(small) -> multihead.MultiHeadModel:
@@ -306,33 +296,46 @@ def calibrated(small) -> multihead.MultiHeadModel:
     model = _copy(small)
     generator = torch.Generator().manual_seed(1)
     for new in FORMAT_1_KEYS.values():
+        if new.startswith("ood."):  # the Mahalanobis score's buffers: gone since format 3
+            continue
         buffer = model.get_buffer(new)
         buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
     return model
 
 
-def test_a_format_1_file_loads_with_its_keys_mapped(calibrated, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_file_loads_with_its_keys_mapped_and_its_ood_score_left_out(calibrated, tmp_path, version):
     path = tmp_path / "old.safetensors"
-    _write_format_1(calibrated, path)
-    assert "logit_scale" in read_header(path)["keys"] and read_header(path)["format_version"] == 1
+    write_legacy(calibrated, path, version)
+    assert ("logit_scale" in read_header(path)["keys"]) == (version == 1)
+    assert read_header(path)["format_version"] == version
     loaded = multihead.load(path)
-    for new in FORMAT_1_KEYS.values():
-        assert torch.equal(loaded.get_buffer(new), calibrated.get_buffer(new)), new
-    _assert_same_model(calibrated, loaded)
+    assert torch.equal(loaded.temperature.logit_scale, calibrated.temperature.logit_scale)
+    assert torch.equal(loaded.thresholds.router, calibrated.thresholds.router)
+    assert torch.equal(loaded.thresholds.subtype, calibrated.thresholds.subtype[:1].expand(8))
+    assert not loaded.ood.fitted and torch.equal(loaded.organ_covered, loaded.organ_mask)
+    for key, value in calibrated.state_dict().items():  # heads and trunk come back as they were
+        if not key.startswith(("ood.", "thresholds.", "organ_covered")):
+            assert torch.equal(loaded.state_dict()[key], value), key
 
 
-def test_a_format_1_file_from_before_organ_scales_loads_with_scale_one(calibrated, tmp_path):
+def test_a_format_1_file_from_before_organ_scales_still_loads(calibrated, tmp_path):
     path = tmp_path / "old.safetensors"
-    _write_format_1(calibrated, path, drop=("ood_organ_scale",))
-    loaded = multihead.load(path)
-    assert torch.equal(loaded.ood.organ_scale, torch.ones(loaded.taxonomy.num_organs))
-    assert torch.equal(loaded.ood.threshold, calibrated.ood.threshold)
+    write_legacy(calibrated, path, 1, drop=("ood_organ_scale",))
+    assert "ood_organ_scale" not in read_header(path)["keys"] and not multihead.load(path).ood.fitted
 
 
-def test_a_format_2_file_must_hold_the_organ_scales(base, tmp_path):
-    """Only format 1 predates them: a format 2 file without them is damaged, not old."""
-    path = _rewrite(base, tmp_path / "m.safetensors", drop=("ood.organ_scale",))
-    assert _message(path) == f"{path}: tensors do not match its metadata: missing ['ood.organ_scale'], unexpected []"
+def test_a_format_3_file_must_hold_its_bank(base, tmp_path):
+    """Only formats 1 and 2 predate it: a format 3 file without it is damaged, not old."""
+    path = _rewrite(base, tmp_path / "m.safetensors", drop=("ood.bank",))
+    assert _message(path) == f"{path}: tensors do not match its metadata: missing ['ood.bank'], unexpected []"
+
+
+def test_a_bank_larger_than_the_limit_is_refused_before_loading(base, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "MAX_BANK", 3)
+    path = _rewrite(base, tmp_path / "m.safetensors", tensors={"ood.bank": torch.zeros(4, 256, dtype=torch.float16)})
+    assert _message(path) == (f"{path}: ood.bank has shape (4, 256), it must be [images, components] with at most "
+                              "3 images")
 
 
 # --- the architecture ----------------------------------------------------------------------------------

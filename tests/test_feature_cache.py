@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -171,8 +172,12 @@ def test_file_digest_and_the_default_folder(tmp_path, monkeypatch):
     data = np.random.default_rng(0).bytes((1 << 20) + 5)  # more than one read block
     big.write_bytes(data)
     assert file_digest(big) == hashlib.sha256(data).hexdigest()
-    with pytest.raises(ImageError, match=r"missing\.png: cannot read file \(No such file or directory\)$"):
+    with pytest.raises(ImageError, match=r"missing\.png: does not exist$"):
         file_digest(tmp_path / "missing.png")
+    if hasattr(os, "mkfifo"):  # a FIFO is refused, not read (reading it would wait for a writer for ever)
+        os.mkfifo(tmp_path / "pipe.png")
+        with pytest.raises(ImageError, match=r"pipe\.png: is not a regular file$"):
+            file_digest(tmp_path / "pipe.png")
     monkeypatch.setenv("MULTIHEAD_CACHE", str(tmp_path / "here"))
     assert default_cache_dir() == tmp_path / "here"
     monkeypatch.delenv("MULTIHEAD_CACHE")

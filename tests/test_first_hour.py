@@ -79,33 +79,47 @@ def test_an_unrecognised_layout_says_which_folder_to_point_at(tmp_path):
 def test_too_few_validation_images_fall_back_instead_of_withholding_everything():
     assert images_to_certify(0.99, 0.95) == 299
     perfect = torch.linspace(0.5, 1.0, 64)
-    thresholds = AbstentionThresholds().fit(perfect, torch.ones(64, dtype=torch.bool), perfect,
-                                            torch.ones(64, dtype=torch.bool))
-    assert float(thresholds.router) < 1.0 and float(thresholds.subtype) < 1.0
-    assert thresholds.rules_ == {"router": RULE_FALLBACK, "subtype": RULE_FALLBACK}
-    statuses = thresholds.status(perfect, perfect)
+    organs = torch.zeros(64, dtype=torch.long)
+    thresholds = AbstentionThresholds(1).fit(perfect, torch.ones(64, dtype=torch.bool), perfect,
+                                             torch.ones(64, dtype=torch.bool), organs)
+    assert float(thresholds.router) < 1.0 and float(thresholds.subtype[0]) < 1.0
+    assert thresholds.rules_ == {"router": RULE_FALLBACK, "subtype": [RULE_FALLBACK]}
+    statuses = thresholds.status(perfect, perfect, organs)
     assert all(s == multihead.Status.ORGAN_AND_SUBTYPE for s in statuses)
     many = torch.linspace(0.5, 1.0, 400)
-    big = AbstentionThresholds().fit(many, torch.ones(400, dtype=torch.bool), many, torch.ones(400, dtype=torch.bool))
-    assert big.rules_ == {"router": RULE_BOUND, "subtype": RULE_BOUND}
+    big = AbstentionThresholds(1).fit(many, torch.ones(400, dtype=torch.bool), many, torch.ones(400, dtype=torch.bool),
+                                      torch.zeros(400, dtype=torch.long))
+    assert big.rules_ == {"router": RULE_BOUND, "subtype": [RULE_BOUND]}
 
 
 def test_trust_state_says_the_fallback_and_skipped_heads_and_matches_the_statuses():
     metadata = {
         "calibration": {"router": 1.0, "heads": {"all": 0.8, "breast": 1.0}, "skipped": {
             "router": "no validation mistake", "breast": "2 validation images, fewer than 30"}},
-        "trust": {"ood": {"threshold": 12.0, "tpr": 0.95, "fitted_on": 100, "threshold_from": "val",
-                          "scale_rule": {"all": "own", "breast": "pooled"}},
-                  "selective": {"router_threshold": 0.0, "subtype_threshold": 0.5, "target_accuracy": 0.99,
-                                "confidence_level": 0.95, "rules": {"router": RULE_FALLBACK, "subtype": RULE_FALLBACK},
+        "available_organs": ["all", "breast"],
+        "trust": {"ood": {"score": "nearest_neighbour", "threshold": 0.12, "tpr": 0.95, "fitted_on": 100,
+                          "threshold_from": "val"},
+                  "coverage": {"min_images": 50, "covered": ["all"], "organs": {"all": 80, "breast": 6}},
+                  "selective": {"router_threshold": 0.0, "subtype_thresholds": {"all": 0.5, "breast": None},
+                                "target_accuracy": 0.99, "confidence_level": 0.95,
+                                "rules": {"router": RULE_FALLBACK, "subtype": {"all": RULE_FALLBACK,
+                                                                              "breast": "too_few_images"}},
                                 "images_to_certify": 299, "n": 64, "coverage": 0.9, "organ_only_fraction": 0.05,
                                 "uncertain_fraction": 0.05}}}
     text = "\n".join(describe_trust(metadata))
-    assert "validation too small" in text and "299" in text and "--no-abstain" in text
+    assert "a confidence bound needs at least 299" in text and "--no-abstain" in text
+    assert "all >= 0.500 (by plain validation accuracy), breast withheld (too few validation images" in text
+    assert "covers: all (80 training images)" in text
+    assert "not claimed (fewer than 50 training images): breast (6)" in text
     assert "90.0% organ_and_subtype, 5.0% organ_only, 5.0% uncertain" in text
     assert "skipped breast (T=1): 2 validation images" in text and "calibrated all T=0.80" in text
-    assert "breast" in text.split("out of distribution")[1]
+    assert "distance to the nearest of 100 training images, threshold 0.120" in text
     assert describe_trust({})[0] == "thresholds: never abstain (not fitted)"
+    older = {"trust": {"ood": {"score": "mahalanobis", "threshold": 12.0},  # a checkpoint of before issue 35
+                       "selective": {"router_threshold": 0.0, "subtype_threshold": 0.5, "target_accuracy": 0.99,
+                                     "rules": {"router": RULE_FALLBACK, "subtype": RULE_FALLBACK}}}}
+    text = "\n".join(describe_trust(older))
+    assert "every organ >= 0.500" in text and "older multihead (Mahalanobis), not read" in text
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +145,7 @@ def small_model(small_download, tmp_path_factory):
 def test_training_on_the_download_with_little_data_answers_and_says_why(small_model, small_download):
     out, output = small_model
     assert f"using {small_download / 'Multi Cancer' / 'Multi Cancer'}, the data folder inside" in output
-    assert "validation too small to certify the target" in output
+    assert "a confidence bound needs at least 299 validation answers" in " ".join(output.split())
     assert "features train:" in output  # plain progress lines: CliRunner's output is no terminal
     model = multihead.load(out)
     selective = model.metadata["trust"]["selective"]
@@ -142,7 +156,8 @@ def test_training_on_the_download_with_little_data_answers_and_says_why(small_mo
     assert "organ_and_subtype" in statuses
     assert f"{selective['coverage']:.1%} organ_and_subtype" in output
     info = runner.invoke(app, ["info", str(out)])
-    assert "validation too small" in info.output and "temperature scaling" in info.output
+    assert "a confidence bound needs at least" in " ".join(info.output.split())
+    assert "temperature scaling" in info.output
 
 
 def test_no_abstain_and_target_accuracy_are_the_users_choice(small_model, small_download, tmp_path):
@@ -151,7 +166,7 @@ def test_no_abstain_and_target_accuracy_are_the_users_choice(small_model, small_
                                  "--target-accuracy", "0.9", "--cache-dir", str(small_model[0].parent / "cache")])
     assert result.exit_code == 0, result.output
     model = multihead.load(out)
-    assert float(model.thresholds.router) == 0.0 and float(model.thresholds.subtype) == 0.0
+    assert float(model.thresholds.router) == 0.0 and not model.thresholds.subtype.any()
     assert model.metadata["training"]["config"]["target_accuracy"] == 0.9
     assert "thresholds: off (trained with --no-abstain)" in result.output
 

@@ -213,22 +213,32 @@ def test_images_to_certify_and_the_safe_threshold_by_hand():
 
 
 def test_abstention_thresholds_fit_rules_and_errors():
-    from multihead.model.thresholds import RULE_BOUND, RULE_FALLBACK, AbstentionThresholds
+    from multihead.model.thresholds import RULE_BOUND, RULE_FALLBACK, RULE_TOO_FEW, AbstentionThresholds
 
-    fresh = AbstentionThresholds()
-    assert not fresh.fitted and (float(fresh.router), float(fresh.subtype)) == (0.0, 0.0)
+    fresh = AbstentionThresholds(num_organs=3)
+    assert not fresh.fitted and float(fresh.router) == 0.0 and fresh.subtype.tolist() == [0.0, 0.0, 0.0]
     probs = torch.linspace(1.0, 0.5, 300)
     right = torch.ones(300, dtype=torch.bool)
-    fitted = AbstentionThresholds().fit(probs, right, probs, right, target_accuracy=0.99)
-    assert fitted.rules_ == {"router": RULE_BOUND, "subtype": RULE_BOUND}  # 300 >= 299 images: a bound
+    one_organ = torch.zeros(300, dtype=torch.long)
+    fitted = AbstentionThresholds(1).fit(probs, right, probs, right, one_organ, target_accuracy=0.99)
+    assert fitted.rules_ == {"router": RULE_BOUND, "subtype": [RULE_BOUND]}  # 300 >= 299 images: a bound
     assert not fitted.fitted  # every answer right: nothing withheld
-    few = AbstentionThresholds().fit(probs[:298], right[:298], probs[:298], right[:298], target_accuracy=0.99)
-    assert few.rules_ == {"router": RULE_FALLBACK, "subtype": RULE_FALLBACK}
-    given = AbstentionThresholds().fit(probs, right, probs, right, router_threshold=0.3, subtype_threshold=1.0)
-    assert given.rules_ == {"router": "given", "subtype": "given"} and given.fitted
-    assert (float(given.router), float(given.subtype)) == (pytest.approx(0.3), 1.0)
-    only_subtype = AbstentionThresholds().fit(probs[:0], right[:0], probs[:0], right[:0], router_threshold=0.0,
-                                              subtype_threshold=0.5)
+    few = AbstentionThresholds(1).fit(probs[:298], right[:298], probs[:298], right[:298], one_organ[:298],
+                                      target_accuracy=0.99)
+    assert few.rules_ == {"router": RULE_FALLBACK, "subtype": [RULE_FALLBACK]}
+    # per organ: 291 answers name organ 0, 9 name organ 1 (one short of MIN_THRESHOLD_IMAGES), none organ 2
+    organs = torch.tensor([0] * 290 + [1] * 9 + [0])
+    split = AbstentionThresholds(3).fit(probs, right, probs, right, organs, target_accuracy=0.99)
+    assert split.rules_["subtype"] == [RULE_FALLBACK, RULE_TOO_FEW, None]
+    assert split.subtype.tolist() == [0.0, float("inf"), float("inf")]
+    assert AbstentionThresholds(3).fit(probs, right, probs, right, organs, min_images=9).rules_["subtype"][1] == (
+        RULE_FALLBACK)
+    given = AbstentionThresholds(2).fit(probs, right, probs, right, one_organ, router_threshold=0.3,
+                                        subtype_threshold=1.0)
+    assert given.rules_ == {"router": "given", "subtype": ["given", "given"]} and given.fitted
+    assert float(given.router) == pytest.approx(0.3) and given.subtype.tolist() == [1.0, 1.0]
+    only_subtype = AbstentionThresholds(1).fit(probs[:0], right[:0], probs[:0], right[:0], one_organ[:0],
+                                               router_threshold=0.0, subtype_threshold=0.5)
     assert only_subtype.fitted and float(only_subtype.router) == 0.0
     for options, message in [({"target_accuracy": 0.0}, r"target_accuracy must be in \(0, 1\], got 0.0"),
                              ({"target_accuracy": 1.5}, "target_accuracy must be in"),
@@ -237,166 +247,137 @@ def test_abstention_thresholds_fit_rules_and_errors():
                              ({"router_threshold": -0.1}, r"router_threshold must be a probability in \[0, 1\]"),
                              ({"subtype_threshold": 1.01}, "subtype_threshold must be a probability")]:
         with pytest.raises(ValueError, match=message):
-            AbstentionThresholds().fit(probs, right, probs, right, **options)
+            AbstentionThresholds(1).fit(probs, right, probs, right, one_organ, **options)
     with pytest.raises(ValueError, match="choosing thresholds needs validation images"):
-        AbstentionThresholds().fit(probs[:0], right[:0], probs[:0], right[:0], router_threshold=0.5)
+        AbstentionThresholds(1).fit(probs[:0], right[:0], probs[:0], right[:0], one_organ[:0], router_threshold=0.5)
+
+
+def test_per_organ_thresholds_give_each_organ_its_own_status():
+    from multihead.model.thresholds import AbstentionThresholds
+
+    thresholds = AbstentionThresholds(3)
+    thresholds.subtype.copy_(torch.tensor([0.5, 0.9, float("inf")]))
+    conf = torch.tensor([0.6, 0.6, 0.95, 1.0])
+    organ = torch.tensor([0, 1, 1, 2])
+    assert thresholds.status(torch.ones(4), conf, organ) == [Status.ORGAN_AND_SUBTYPE, Status.ORGAN_ONLY,
+                                                             Status.ORGAN_AND_SUBTYPE, Status.ORGAN_ONLY]
+    covered = torch.tensor([True, False, True])
+    assert thresholds.status(torch.ones(4), conf, organ, covered=covered) == [
+        Status.ORGAN_AND_SUBTYPE, Status.UNCERTAIN, Status.UNCERTAIN, Status.ORGAN_ONLY]
+    with pytest.raises(ValueError, match="per-organ subtype thresholds need the decided organ"):
+        statuses(torch.ones(4), conf, router_threshold=0.0, subtype_threshold=thresholds.subtype)
 
 
 # --- out-of-distribution score ---------------------------------------------------------------------------
 
-def _two_organs(n=40, seed=0):
+def _clouds(n=40, seed=0):
     rng = np.random.default_rng(seed)
     scale = np.array([1.0, 3.0, 0.5])
     a = rng.normal(0, 1, (n, 3)) * scale
     b = rng.normal(0, 1, (n, 3)) * scale + np.array([6.0, 0.0, 0.0])
-    return torch.tensor(np.r_[a, b], dtype=torch.float32), torch.tensor([0] * n + [1] * n)
+    return torch.tensor(np.r_[a, b], dtype=torch.float32)
 
 
-def test_ood_distances_are_mahalanobis_with_the_pooled_covariance():
-    """Three features, all kept by the PCA: the distance is (x - mean)' (S + ridge)^-1 (x - mean), with S the
-    covariance pooled within organs, as numpy computes it here."""
-    from multihead.model.ood import _RIDGE, MahalanobisOOD
+def _by_hand(x: np.ndarray, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's nearest-neighbour score of ``probe`` against training features ``x`` (all components kept), and
+    each training image's distance to its nearest other one."""
+    basis = np.linalg.svd(x, full_matrices=False)[2].T  # the features as they are: not centred, not scaled
+    bank = x @ basis
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    q = probe @ basis
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    similarity = bank @ bank.T
+    np.fill_diagonal(similarity, -np.inf)
+    return 1 - (q @ bank.T).max(1), 1 - similarity.max(1)
 
-    features, organs = _two_organs()
-    ood = MahalanobisOOD(num_features=3, num_organs=3, components=8)
+
+def test_ood_score_is_the_cosine_distance_to_the_nearest_training_image():
+    """Three features, all kept: project on the training features' right singular vectors (a rotation when all
+    are kept), make unit length, and take one minus the largest cosine similarity with a training image."""
+    from multihead.model.ood import NearestNeighbourOOD
+
+    features = _clouds() + torch.tensor([0.0, 0.0, 4.0])  # off the origin: centring would change every angle
+    ood = NearestNeighbourOOD(num_features=3, components=8)
     assert ood.projection.shape == (3, 3) and not ood.fitted and float(ood.threshold) == float("inf")
-    mask = torch.tensor([True, True, False])
-    ood.fit(features, organs, organ_mask=mask, tpr=0.9)
-    x, o = features.double().numpy(), organs.numpy()
-    means = np.stack([x[o == k].mean(0) for k in (0, 1)])
-    residual = x - means[o]
-    covariance = residual.T @ residual / (len(x) - 2)
-    covariance += _RIDGE * np.trace(covariance) / 3 * np.eye(3)
-    probe = np.array([[0.0, 0.0, 0.0], [6.0, 1.0, 0.0], [3.0, 0.0, 2.0]])
-    inverse = np.linalg.inv(covariance)
-    expected = np.stack([np.einsum("ij,jk,ik->i", probe - m, inverse, probe - m) for m in means], 1)
-    got = ood.organ_distances(torch.tensor(probe, dtype=torch.float32))[:, :2].double().numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-3)
-    # no validation set: the threshold is the 90 % quantile of the training images' own scores
-    scores = ood.score(features, mask)
-    assert ood.fitted and float(ood.threshold) == pytest.approx(float(torch.quantile(scores.double(), 0.9)), rel=1e-5)
-    flagged = ood.flag(scores)
-    assert int(flagged.sum()) == 8  # 80 images, the top 10 % are above the 90 % quantile
+    assert torch.equal(ood.score(features), torch.zeros(80))  # unfitted: nothing is far
+    ood.fit(features, tpr=0.9)
+    probe = np.array([[1.0, 0.0, 0.0], [6.0, 1.0, 4.0], [3.0, -2.0, 6.0], [-20.0, 9.0, -4.0]])
+    expected, left_out = _by_hand(features.double().numpy(), probe)
+    got = ood.score(torch.tensor(probe, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-3)  # the bank is stored in float16
+    plain = 1 - (probe / np.linalg.norm(probe, axis=1, keepdims=True)) @ (
+        features.double().numpy() / np.linalg.norm(features.double().numpy(), axis=1, keepdims=True)).T
+    np.testing.assert_allclose(got, plain.min(1), atol=2e-3)  # all components kept: the cosine of the features
+    # no validation set: each training image against the others (left one out), its 90 % quantile
+    assert float(ood.threshold) == pytest.approx(np.quantile(left_out, 0.9), abs=2e-3)
+    assert ood.bank.shape == (80, 3) and ood.bank.dtype == torch.float16
+    scores = torch.tensor(left_out)
+    assert int(ood.flag(scores).sum()) == int((scores > ood.threshold).sum()) == 8
     assert not bool(ood.flag(ood.threshold.reshape(1))[0])  # at the threshold: not flagged
 
 
-def test_ood_score_uses_the_nearest_answered_organ_and_its_scale():
-    from multihead.model.ood import MIN_SCALE_IMAGES, MahalanobisOOD
+def test_ood_threshold_from_validation_and_its_refusals():
+    from multihead.model.ood import MAX_BANK, NearestNeighbourOOD
 
-    features, organs = _two_organs(n=MIN_SCALE_IMAGES)
-    ood = MahalanobisOOD(num_features=3, num_organs=3).fit(features, organs, organ_mask=torch.tensor([1, 1, 0]).bool())
-    assert ood.scale_rules_ == {0: "own", 1: "own"}
-    distances = ood.organ_distances(features)
-    both = ood.score(features, torch.tensor([True, True, False]))
-    torch.testing.assert_close(both, (distances[:, :2] * ood.organ_scale[:2]).min(1).values)
-    only_b = ood.score(features, torch.tensor([False, True, False]))
-    torch.testing.assert_close(only_b, distances[:, 1] * ood.organ_scale[1])
-    # each organ's own 95 % quantile lands on the pooled one after scaling
-    own = distances.double().gather(1, organs[:, None]).squeeze(1)
-    pooled = torch.quantile(own, 0.95)
-    for k in (0, 1):
-        scaled = own[organs == k] * float(ood.organ_scale[k])
-        assert float(torch.quantile(scaled, 0.95)) == pytest.approx(float(pooled), rel=1e-4)
-    fewer = MahalanobisOOD(num_features=3, num_organs=3).fit(features[: MIN_SCALE_IMAGES - 1].repeat(2, 1),
-                                                             torch.tensor([0] * (2 * MIN_SCALE_IMAGES - 2)),
-                                                             features[:MIN_SCALE_IMAGES - 1],
-                                                             torch.tensor([0] * (MIN_SCALE_IMAGES - 1)),
-                                                             organ_mask=torch.tensor([True, False, False]))
-    # issue 19: fewer validation images than MIN_SCALE_IMAGES: a scale shrunk toward 1 (tests/test_ood_small_organs.py)
-    assert fewer.scale_rules_ == {0: "shrunk"} and fewer.organ_scale.tolist()[1:] == [1.0, 1.0]
-    with pytest.raises(ValueError, match=r"tpr must be in \(0, 1\), got 1.0"):
-        MahalanobisOOD(num_features=3, num_organs=3).fit(features, organs, organ_mask=torch.ones(3).bool(), tpr=1.0)
+    features = _clouds()
+    val = _clouds(seed=1)
+    ood = NearestNeighbourOOD(3).fit(features, val, tpr=0.8)
+    assert float(ood.threshold) == pytest.approx(float(torch.quantile(ood.score(val).double(), 0.8)), rel=1e-5)
+    empty = NearestNeighbourOOD(3).fit(features, val[:0])
+    assert float(empty.threshold) == float(NearestNeighbourOOD(3).fit(features).threshold)  # training, left out
+    assert NearestNeighbourOOD(3).fit(features[:2]).fitted  # two images are enough
+    for options, message in [({"tpr": 1.0}, r"tpr must be in \(0, 1\), got 1.0"),
+                             ({"tpr": 0.0}, r"tpr must be in \(0, 1\), got 0.0"),
+                             ({"num_read": 0}, r"num_read must be in \[1, 3\], got 0"),
+                             ({"num_read": 4}, r"num_read must be in \[1, 3\], got 4")]:
+        with pytest.raises(ValueError, match=message):
+            NearestNeighbourOOD(3).fit(features, **options)
     with pytest.raises(ValueError, match="needs training images; got 1"):
-        MahalanobisOOD(num_features=3, num_organs=3).fit(features[:1], organs[:1], organ_mask=torch.ones(3).bool())
+        NearestNeighbourOOD(3).fit(features[:1])
+    with pytest.raises(ValueError, match=f"may hold 0 to {MAX_BANK} images, got {MAX_BANK + 1}"):
+        NearestNeighbourOOD(3).resize_bank(MAX_BANK + 1)
 
 
 def test_ood_reading_the_first_features_equals_a_fit_on_those_features_alone():
-    """``num_read=2`` of three features: the same distances as an estimator fitted on the two alone, whatever
-    the third holds (issue 17: a tuned trunk's score reads the stages below its cut)."""
-    from multihead.model.ood import MahalanobisOOD
+    """``num_read=2`` of four features: the same scores as an estimator fitted on the two alone, whatever the others
+    hold (issue 17: a tuned trunk's score reads the stages below its cut)."""
+    from multihead.model.ood import NearestNeighbourOOD
 
-    features, organs = _two_organs()
-    noisy = torch.cat([features, 50 * torch.randn(len(features), 1)], 1)
-    mask = torch.tensor([True, True, False])
-    first = MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=2)
-    alone = MahalanobisOOD(num_features=2, num_organs=3).fit(features[:, :2], organs, organ_mask=mask)
+    features = _clouds()[:, :2]
+    noisy = torch.cat([features, 50 * torch.randn(len(features), 2)], 1)
+    first = NearestNeighbourOOD(num_features=4).fit(noisy, num_read=2)
+    alone = NearestNeighbourOOD(num_features=2).fit(features)
     probe = torch.randn(5, 4) * 3
-    # equal up to the ridge, which is relative to the mean variance over all components (two of them empty here)
-    torch.testing.assert_close(first.organ_distances(probe), alone.organ_distances(probe[:, :2]), rtol=1e-3, atol=0)
-    assert float(first.threshold) == pytest.approx(float(alone.threshold), rel=1e-3)
-    assert torch.equal(first.mean[2:], torch.zeros(2)) and torch.equal(first.projection[2:], torch.zeros(2, 4))
-    everything = MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=4)
-    assert torch.equal(everything.projection, MahalanobisOOD(4, 3).fit(noisy, organs, organ_mask=mask).projection)
-    for wrong in (0, 5):
-        with pytest.raises(ValueError, match=rf"num_read must be in \[1, 4\], got {wrong}"):
-            MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=wrong)
-    # the smallest allowed: one feature read (a mutant refusing it survived the run after num_read came)
-    one = MahalanobisOOD(num_features=4, num_organs=3).fit(noisy, organs, organ_mask=mask, num_read=1)
+    torch.testing.assert_close(first.score(probe), alone.score(probe[:, :2]), rtol=0, atol=1e-5)
+    assert float(first.threshold) == pytest.approx(float(alone.threshold), abs=1e-5)
+    assert torch.equal(first.projection[2:], torch.zeros(2, 4))
+    one = NearestNeighbourOOD(num_features=4).fit(noisy, num_read=1)  # the smallest allowed
     assert torch.equal(one.projection[1:], torch.zeros(3, 4)) and float(one.projection.abs().sum()) > 0
 
 
 def test_thresholds_edge_cases_worked_by_hand():
-    """Killed mutants of the first run (mutation.json): an undefined bound counts as 0, not as reaching the
-    target; exactly images_to_certify images use the bound; the bound, not the plain accuracy, is applied."""
-    from multihead.model.thresholds import RULE_BOUND, AbstentionThresholds, largest_safe_threshold
+    """An undefined bound counts as 0, not as reaching the target; exactly images_to_certify images use the bound;
+    where no bound can be met, the plain accuracy decides (and says so)."""
+    from multihead.model.thresholds import RULE_BOUND, RULE_FALLBACK, AbstentionThresholds, largest_safe_threshold
 
     # no right answer at all: the Clopper-Pearson bound is undefined (nan) and must not pass
     assert largest_safe_threshold(np.array([0.9, 0.8]), np.array([0, 0]), 0.5, 0.95) == 1.0
     assert AbstentionThresholds().rules_ == {}
     probs = torch.linspace(1.0, 0.5, 299)
     right = torch.ones(299, dtype=torch.bool)
+    organs = torch.zeros(299, dtype=torch.long)
+    bound = AbstentionThresholds(1).fit(probs, right, probs, right, organs, target_accuracy=0.99)
+    assert bound.rules_["router"] == RULE_BOUND and float(bound.router) == 0.0  # exactly 299 right: certified
     right[-1] = False  # 298 of 299: plain accuracy 0.9967 >= 0.99, but its 95 % lower bound is below 0.99
-    fitted = AbstentionThresholds().fit(probs, right, probs, right, target_accuracy=0.99)
-    assert fitted.rules_["router"] == RULE_BOUND  # exactly 299 images: enough for a bound
-    assert float(fitted.router) == 1.0  # nothing can be certified at 99 % with one mistake in 299
-    plain = AbstentionThresholds().fit(probs, right, probs, right, target_accuracy=0.99, confidence_level=None)
-    assert float(plain.router) == 0.0
+    fitted = AbstentionThresholds(1).fit(probs, right, probs, right, organs, target_accuracy=0.99)
+    assert fitted.rules_["router"] == RULE_FALLBACK  # no bound can be met: plain accuracy
+    assert float(fitted.router) == 0.0
+    right[:3] = False  # the three most confident answers wrong: no set from the top reaches 99 %, not even plainly
+    hopeless = AbstentionThresholds(1).fit(probs, right, probs, right, organs, target_accuracy=0.99)
+    assert hopeless.rules_["router"] == RULE_FALLBACK and float(hopeless.router) == 1.0
     with pytest.raises(ValueError, match=r"^choosing thresholds needs validation images; the set is empty "
                                          r"\(or pass both thresholds\)$"):
-        AbstentionThresholds().fit(probs[:0], right[:0], probs[:0], right[:0])
-
-
-def test_ood_edges_worked_by_hand():
-    """Killed mutants of the first run (mutation.json): float64 input, the smallest training set, an empty
-    validation set, tpr = 0, and the scale rules before any fit."""
-    from multihead.model.ood import MahalanobisOOD
-
-    features, organs = _two_organs()
-    mask = torch.tensor([True, True, False])
-    assert MahalanobisOOD(num_features=3, num_organs=3).scale_rules_ == {}
-    ood = MahalanobisOOD(num_features=3, num_organs=3).fit(features, organs, organ_mask=mask)
-    torch.testing.assert_close(ood.organ_distances(features.double()), ood.organ_distances(features))
-    two = MahalanobisOOD(num_features=3, num_organs=3).fit(features[:2], organs[:2], organ_mask=mask)
-    assert two.fitted  # two images are enough
-    empty = MahalanobisOOD(num_features=3, num_organs=3).fit(features, organs, features[:0], organs[:0],
-                                                             organ_mask=mask)
-    assert float(empty.threshold) == float(ood.threshold)  # no validation images: the training ones set it
-    with pytest.raises(ValueError, match=r"tpr must be in \(0, 1\), got 0.0"):
-        MahalanobisOOD(num_features=3, num_organs=3).fit(features, organs, organ_mask=mask, tpr=0.0)
-
-
-def test_ood_pca_is_centred_before_keeping_components():
-    """Two components of three, far from the origin: the kept plane is that of the centred data (numpy's
-    PCA), not one pulled towards the offset, and distances are Mahalanobis within it."""
-    from multihead.model.ood import _RIDGE, MahalanobisOOD
-
-    features, organs = _two_organs()
-    features = features + torch.tensor([0.0, 0.0, 100.0])
-    ood = MahalanobisOOD(num_features=3, num_organs=2, components=2).fit(features, organs,
-                                                                         organ_mask=torch.tensor([True, True]))
-    x, o = features.double().numpy(), organs.numpy()
-    centred = x - x.mean(0)
-    basis = np.linalg.svd(centred, full_matrices=False)[2][:2].T
-    z = centred @ basis
-    means = np.stack([z[o == k].mean(0) for k in (0, 1)])
-    covariance = (z - means[o]).T @ (z - means[o]) / (len(z) - 2)
-    covariance += _RIDGE * np.trace(covariance) / 2 * np.eye(2)
-    probe = np.array([[0.0, 0.0, 100.0], [6.0, 2.0, 101.0]])
-    zp = (probe - x.mean(0)) @ basis
-    inverse = np.linalg.inv(covariance)
-    expected = np.stack([np.einsum("ij,jk,ik->i", zp - m, inverse, zp - m) for m in means], 1)
-    got = ood.organ_distances(torch.tensor(probe, dtype=torch.float32)).double().numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-3)
+        AbstentionThresholds(1).fit(probs[:0], right[:0], probs[:0], right[:0], organs[:0])
 
 
 # --- post-hoc fitting (training/posthoc.py): the reports it returns -------------------------------------
@@ -428,17 +409,13 @@ def test_fit_ood_reports_what_it_fitted(posthoc_data):
     report = fit_ood(model, train, val, tpr=0.9)
     scores = model.ood_score(val.features[:, 0]).double()
     assert float(model.ood.threshold) == pytest.approx(float(torch.quantile(scores, 0.9)), rel=1e-5)
-    trained_organs = ["all", "brain", "lymphoma"]
-    assert report == {"score": "mahalanobis", "components": 64, "threshold": float(model.ood.threshold), "tpr": 0.9,
-                      "fitted_on": 150, "threshold_from": "val", "features_read": model.trunk.num_features,
-                      "organ_scale": {name: round(float(model.ood.organ_scale[MULTI_CANCER.organ_index(name)]), 4)
-                                      for name in trained_organs},
-                      "scale_rule": dict.fromkeys(trained_organs, "own")}  # 50 validation images each
-    assert fit_ood(_fresh(trained), train)["threshold_from"] == "train"
-    assert fit_ood(_fresh(trained), train, val.subset([]))["threshold_from"] == "train"
-    small = fit_ood(_fresh(trained), train, val.subset(val.relpaths[:1]))
-    assert small["threshold_from"] == "val" and small["scale_rule"] == dict.fromkeys(trained_organs, "shrunk")
-    assert fit_ood(_fresh(trained), train, val)["tpr"] == 0.99  # DEFAULT_TPR (0.95 before issue 19)
+    assert report == {"score": "nearest_neighbour", "components": 512, "threshold": float(model.ood.threshold),
+                      "tpr": 0.9, "fitted_on": 150, "threshold_from": "val",
+                      "features_read": model.trunk.num_features}
+    assert model.ood.bank.shape == (150, 512)
+    assert fit_ood(_fresh(trained), train)["threshold_from"] == "train (left one out)"
+    assert fit_ood(_fresh(trained), train, val.subset([]))["threshold_from"] == "train (left one out)"
+    assert fit_ood(_fresh(trained), train, val)["tpr"] == 0.99  # DEFAULT_TPR
 
 
 def test_fit_thresholds_reports_its_rules_and_certification(posthoc_data):
@@ -447,10 +424,13 @@ def test_fit_thresholds_reports_its_rules_and_certification(posthoc_data):
     trained, _, val = posthoc_data
     model = _fresh(trained)
     report = fit_thresholds(model, val, target_accuracy=0.9)
-    assert report["rules"] == {"router": "confidence_bound", "subtype": "confidence_bound"}  # 150 >= 29 images
+    assert report["rules"]["router"] == "confidence_bound"  # 150 >= 29 images
+    assert set(report["rules"]["subtype"]) == set(report["subtype_thresholds"]) == set(model.available_organs)
     assert (report["target_accuracy"], report["confidence_level"], report["images_to_certify"]) == (0.9, 0.95, 29)
     assert report["router_threshold"] == float(model.thresholds.router) and 0 < report["router_threshold"] < 1
-    assert report["subtype_threshold"] == float(model.thresholds.subtype)
+    for organ, value in report["subtype_thresholds"].items():
+        stored = float(model.thresholds.subtype[model.taxonomy.organ_index(organ)])
+        assert (value is None and stored == float("inf")) or value == stored, organ
     plain = fit_thresholds(_fresh(trained), val, target_accuracy=0.9, confidence_level=None)
     assert plain["images_to_certify"] is None and plain["rules"]["router"] == "validation_accuracy"
     assert plain["router_threshold"] <= report["router_threshold"]  # the bound keeps no more than the plain rate
@@ -473,10 +453,14 @@ def test_fit_temperatures_and_fit_trust_pass_their_options_on(posthoc_data):
     assert result["ood"]["tpr"] == 0.8 and result["ood"]["threshold_from"] == "val"
     again = fit_thresholds(_fresh(model), val, target_accuracy=0.9)
     assert json.dumps(result["selective"], sort_keys=True) == json.dumps(again, sort_keys=True)  # nan == nan here
-    assert result["selective"]["rules"] == {"router": "confidence_bound", "subtype": "confidence_bound"}
+    assert result["selective"]["rules"]["router"] == "confidence_bound"
+    assert result["coverage"]["covered"] == ["all", "brain", "lymphoma"]  # 50 training images each
     never = fit_trust(_fresh(trained), train, val, target_accuracy=0.9, abstain=False)
-    assert (never["selective"]["router_threshold"], never["selective"]["subtype_threshold"]) == (0.0, 0.0)
-    assert never["selective"]["rules"] == {"router": "given", "subtype": "given"}
+    assert never["selective"]["router_threshold"] == 0.0
+    assert set(never["selective"]["subtype_thresholds"].values()) == {0.0}
+    assert never["selective"]["rules"] == {"router": "given", "subtype": dict.fromkeys(["all", "brain", "lymphoma"],
+                                                                                       "given")}
+    assert fit_trust(_fresh(trained), train, val, min_covered_images=51)["coverage"]["covered"] == []
     default = fit_trust(_fresh(trained), train, val, target_accuracy=0.9)
     assert default["selective"]["router_threshold"] > 0  # abstaining is the default
     assert "selective" not in fit_trust(_fresh(trained), train, val.subset([]))

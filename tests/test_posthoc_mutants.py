@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import multihead
-from multihead.features import FeatureSet
 from multihead.training import TrainConfig, fit_heads
 from multihead.training.posthoc import fit_ood, fit_temperatures
 
@@ -40,25 +39,6 @@ def test_a_flat_model_gets_one_temperature_for_all_subtypes(flat_data):
     organs = model.taxonomy.num_organs
     assert torch.equal(scale[:organs], torch.ones(organs))  # the flat model's router is a sum of subtype probabilities
     torch.testing.assert_close(scale[organs:], torch.full((model.taxonomy.num_subtypes,), 1 / flat), rtol=0, atol=0)
-
-
-def test_an_organ_with_one_training_image_and_no_validation_image_keeps_the_pooled_scale(tiny_model):
-    """Oral: one training image (no leave-one-out distance) and no validation image, so its scale stays 1 and the
-    report names the rule "pooled"; the organs with validation images name theirs."""
-    model = multihead.create_model(tiny_model.trunk, image_size=64, seed=0).eval()
-    names = model.taxonomy.organ_names
-    model.organ_mask.copy_(torch.tensor([name in ("all", "brain", "lymphoma", "oral") for name in names]))
-    train = _features(model, n_per_class=12, seed=1)
-    oral = model.taxonomy.subtype_names.index("oral_scc")
-    extra = torch.randn(1, 1, model.num_features, generator=torch.Generator().manual_seed(5))
-    organ = torch.tensor([names.index("oral")])
-    train = FeatureSet(torch.cat([train.features, extra]), torch.cat([train.organs, organ]),
-                       torch.cat([train.subtypes, torch.tensor([oral])]), [*train.relpaths, "oral-0"], train.views)
-    val = _features(model, n_per_class=15, seed=2)  # 30 validation images an organ: each gets its own scale
-    report = fit_ood(model, train, val)
-    assert report["scale_rule"] == {"all": "own", "brain": "own", "lymphoma": "own", "oral": "pooled"}
-    assert report["organ_scale"]["oral"] == 1.0
-    assert all(report["organ_scale"][name] != 1.0 for name in ("all", "brain", "lymphoma"))
 
 
 @pytest.mark.parametrize(("tuned_from", "read"), [(None, 960), ("layer3", 64 + 128), ("stem", 960)])

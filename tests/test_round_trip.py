@@ -66,7 +66,8 @@ def test_a_calibrated_model_comes_back_whole(calibrated, tmp_path):
     assert loaded.available_organs == ("all", "brain", "lymphoma")
     torch.testing.assert_close(loaded.temperature.logit_scale, model.temperature.logit_scale, rtol=0, atol=0)
     assert float(loaded.thresholds.router) == trust["selective"]["router_threshold"] > 0
-    assert float(loaded.thresholds.subtype) == float(model.thresholds.subtype)
+    assert torch.equal(loaded.thresholds.subtype, model.thresholds.subtype)
+    assert torch.equal(loaded.organ_covered, model.organ_covered)
     assert float(loaded.ood.threshold) == trust["ood"]["threshold"]
     for name, tensor in model.ood.state_dict().items():
         torch.testing.assert_close(loaded.ood.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
@@ -81,7 +82,7 @@ def test_dropping_the_calibration_is_noticed(calibrated, tmp_path):
     """The round trip above has teeth: an uncalibrated copy of the same heads predicts differently."""
     model, *_ = calibrated
     plain = multihead.create_model(model.trunk, image_size=64, seed=0).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("temperature.",))},
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("temperature.", "ood."))},
                           strict=False)
     with pytest.raises(AssertionError):
         _same_predictions(model, plain)

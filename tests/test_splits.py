@@ -70,7 +70,8 @@ def test_counts_follow_the_fractions_per_subtype(dataset):
         assert counts == {"train": 14, "val": 7, "test": 7}, subtype
     assert split.info["counts"] == {"train": 28, "val": 14, "test": 14}
     assert split.info | {"counts": None} == {"seed": 1, "fractions": [0.5, 0.25, 0.25], "leak_free": False,
-                                             "hash": "dhash8-dihedral", "threshold": 4, "grouped_files": 0,
+                                             "hash": "dhash8-dihedral", "order": "largest-first", "threshold": 4,
+                                             "grouped_files": 0,
                                              "groups": 0, "counts": None, "unreadable": 0}
     assert list(split.assignment) == sorted(split.assignment)
 

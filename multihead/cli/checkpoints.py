@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -83,8 +83,9 @@ def export(
 @_library_errors
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.", exists=True, dir_okay=False)],
-    data_dir: Annotated[Path, typer.Argument(help="Folder of <organ>/<subtype>/<image> files.", exists=True,
-                                             file_okay=False)],
+    data_dir: Annotated[list[Path], typer.Argument(
+        help="Folders of <organ>/<subtype>/<image> files (several: as the model was trained on them).",
+        exists=True, file_okay=False)],
     report: Annotated[Path, typer.Option("--report", help="Folder for report.md, report.json and figures.")],
     split: Annotated[Path | None, typer.Option(help="Split file; without it every image is evaluated.",
                                                exists=True, dir_okay=False)] = None,
@@ -93,9 +94,10 @@ def evaluate(
                                                        exists=True, dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Also print report.json to stdout.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
-    ood: Annotated[Path | None, typer.Option(help="Folder of images that are none of the organs: report how "
-                                                  "well the model rejects them (AUROC, FPR at 95% TPR).",
-                                             exists=True, file_okay=False)] = None,
+    ood: Annotated[Path | None, typer.Option(
+        help="Folder of images that are none of the subtypes, one folder per group (as shared/data/near-ood): per "
+             "group, the share flagged and the share still given an organ or a subtype, AUROC and FPR at 95% TPR.",
+        exists=True, file_okay=False)] = None,
 ) -> None:
     """The paper's metrics per organ and subtype, beside the paper's numbers and any baselines."""
     from ..data.splits import Split
@@ -120,10 +122,11 @@ def evaluate(
     text = markdown_report(result, title=f"Evaluation of {model.name}", model_info=info, val_report=val_result,
                            compare=others)
     if ood is not None:
+        from ..evaluation.reports import near_ood_markdown
         from ..evaluation.trust import ood_report
 
         result["ood"] = ood_report(loaded, data_dir, ood, split=chosen, subset=subset, cache_dir=cache_dir)
-        text += _ood_markdown(result["ood"], ood)
+        text += near_ood_markdown(result["ood"])
     written = write_report(report, result, loaded.taxonomy, history=loaded.metadata.get("history", []),
                            markdown=text)
     typer.echo(text)
@@ -132,10 +135,3 @@ def evaluate(
     err_console.print(f"wrote {len(written)} files to {report}")
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
-
-def _ood_markdown(report: dict[str, Any], folder: Path) -> str:
-    return (f"\n## Out of distribution\n\n{report['n_out']} images from `{folder}` against {report['n_in']} "
-            f"{report['subset']} images ({report['score']} score): AUROC {report['auroc']:.4f}, "
-            f"FPR at 95 % TPR {100 * report['fpr_at_95_tpr']:.1f} %. At the model's threshold "
-            f"({report['threshold']:.1f}) {100 * report['flagged_out']:.1f} % of them are flagged, and "
-            f"{100 * report['flagged_in']:.1f} % of the {report['subset']} images.\n")

@@ -42,8 +42,9 @@ def _plain_progress(every_s: float = 5.0) -> Callable[[str, int, int], None]:
 
 @_library_errors
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Folder of <organ>/<subtype>/<image> files.", exists=True,
-                                             file_okay=False)],
+    data_dir: Annotated[list[Path], typer.Argument(
+        help="Folders of <organ>/<subtype>/<image> files; several are trained on as their union.", exists=True,
+        file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
     trunk: Annotated[str, typer.Option(help="torchvision or timm model name.")] = "resnet18",
     trunk_weights: Annotated[str, typer.Option(help="imagenet, none, a weights id, or a local file.")] = "imagenet",
@@ -73,6 +74,9 @@ def train(
                                "accuracy (docs/trust.md).")] = None,
     no_abstain: Annotated[bool, typer.Option("--no-abstain", help="Keep every answer (thresholds 0); images "
                                                                   "out of distribution are still flagged.")] = False,
+    min_covered_images: Annotated[int | None, typer.Option(
+        min=1, help="Training images an organ needs to be claimed (default 50); answers naming an organ with "
+                    "fewer are 'uncertain'.")] = None,
     tune_from: Annotated[str | None, typer.Option(
         help="Tune the shared trunk's top jointly with the heads: none (frozen, the default), auto (the last "
              "stages: MobileNetV2 features.14, ResNet layer4), a module name to tune from, or stem (the whole "
@@ -104,7 +108,9 @@ def train(
     """Train the router and heads on cached features of a frozen trunk (or, with --tune-from, the trunk's top
     stages with them); writes the checkpoint and its split.
 
-    DATA_DIR may be the download folder itself: folders that hold only one folder are walked down.
+    DATA_DIR may be the download folder itself: folders that hold only one folder are walked down. Several
+    folders are read as one data set (a folder given twice is read once; each file is named by its folder's
+    name in the split), so evaluate them together too: multihead evaluate MODEL DIR1 DIR2 --split ...
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -118,6 +124,7 @@ def train(
         config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                                           views=views, image_size=image_size, stages=stages,
                                           target_accuracy=target_accuracy, abstain=False if no_abstain else None,
+                                          min_covered_images=min_covered_images,
                                           tune_from=tune_from, tune_epochs=tune_epochs, tune_patience=tune_patience,
                                           tune_lr=tune_lr, tune_head_lr=tune_head_lr, tune_batchnorm=tune_batchnorm,
                                           tune_views=tune_views, tune_precision=tune_precision)

@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "ImageError",
     "ImageInput",
+    "check_is_file",
     "decode_image",
     "describe_input",
     "finish_decoding",
@@ -67,8 +68,10 @@ def describe_input(image: object) -> str:
     return type(image).__name__
 
 
-def _check_is_file(path: str | bytes | os.PathLike, name: str) -> None:
-    """Raise :class:`ImageError` unless ``path`` is a regular file, saying what it is instead."""
+def check_is_file(path: str | bytes | os.PathLike, name: str | None = None) -> None:
+    """Raise :class:`ImageError` unless ``path`` is a regular file, saying what it is instead (``name``: how to
+    call it, by default its path). A FIFO or a device is refused before anything opens it: reading one blocks."""
+    name = describe_input(path) if name is None else name
     try:
         info = os.stat(path)
         mode, size = info.st_mode, info.st_size
@@ -106,7 +109,7 @@ def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFA
         'RGB'
     """
     name = describe_input(path)
-    _check_is_file(path, name)
+    check_is_file(path, name)
     with _decoding_errors(name), open(path, "rb") as handle:
         return _decode(handle, name, max_pixels)
 

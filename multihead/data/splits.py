@@ -2,7 +2,9 @@
 
 LC25000 and similar sets were built by rotating and flipping originals, so the grouping hash is a
 difference hash compared under all eight dihedral views (flips and 90-degree rotations). Splits are
-stratified by subtype, seeded, and written as JSON keyed by each file's path relative to the data root.
+stratified by subtype, seeded, and written as JSON keyed by each file's path relative to the data root (with
+several data folders, the path starts with the folder's name: near-copies are grouped whichever folder holds
+them, since a subtype's files are grouped together).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ __all__ = ["SPLITS", "Split", "dihedral_hashes", "group_near_duplicates", "make_
 
 SPLITS = ("train", "val", "test")
 HASH_NAME = "dhash8-dihedral"
+ORDER = "largest-first"
+"""Groups are placed largest first (equal sizes in seeded random order), each where its split is furthest below
+its target. Near-copies chain: 432 of the 945 glioma MRI slices of the sample and the extra folder form one
+group. Placed at a random turn, as before, such a group overfilled the training split and left brain 132 test
+images instead of 390; placed first, the smaller groups fill the splits around it."""
 
 
 def dihedral_hashes(image: Image.Image) -> np.ndarray:
@@ -127,6 +134,7 @@ def make_split(scan: DatasetScan, *, fractions: tuple[float, float, float] = (0.
         n_groups += len(multi)
         order = list(groups.values())
         rng.shuffle(order)
+        order.sort(key=len, reverse=True)  # largest first, equal sizes in seeded order
         targets = dict(zip(SPLITS, (len(files) * f for f in fractions)))
         filled = dict.fromkeys(SPLITS, 0)
         for group in order:  # each group goes where the split is furthest below its target
@@ -135,7 +143,7 @@ def make_split(scan: DatasetScan, *, fractions: tuple[float, float, float] = (0.
             for file in group:
                 assignment[file] = name
     info = {
-        "seed": seed, "fractions": list(fractions), "leak_free": leak_free, "hash": HASH_NAME,
+        "seed": seed, "fractions": list(fractions), "leak_free": leak_free, "hash": HASH_NAME, "order": ORDER,
         "threshold": threshold, "grouped_files": grouped_files, "groups": n_groups,
         "counts": {s: sum(1 for v in assignment.values() if v == s) for s in SPLITS},
         "unreadable": len(unreadable),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from ..data.scan import scan_dataset
 from ..data.splits import Split
@@ -16,21 +17,24 @@ from .trust_state import describe_trust
 __all__ = ["evaluate_folder"]
 
 
-def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike, *, split: Split | None = None,
-                    subset: str = "test", cache_dir: str | os.PathLike | None = None,
+def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike | Sequence[str | os.PathLike], *,
+                    split: Split | None = None, subset: str = "test", cache_dir: str | os.PathLike | None = None,
                     n_resamples: int = 1000) -> tuple[dict[str, object], list[tuple[str, str]]]:
-    """Evaluate ``model`` on every image under ``data_dir``, or on one subset of a split of it.
+    """Evaluate ``model`` on every image under ``data_dir`` (a folder, or several read as their union, as
+    training reads them), or on one subset of a split of it.
 
     Returns the metrics report and the files that could not be read ``(relpath, reason)``.
     """
     scan = scan_dataset(data_dir, model.taxonomy)
     relpaths = [r.relpath for r in scan.records] if split is None else split.files(subset)
     if not relpaths:
-        raise ValueError(f"no images to evaluate in {data_dir}" + (f" (subset {subset!r})" if split else ""))
+        raise ValueError(f"no images to evaluate in {scan.describe()}" + (f" (subset {subset!r})" if split else ""))
     data, failures = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir)
     if len(data) == 0:
-        raise ValueError(f"none of the {len(relpaths)} images in {data_dir} could be read")
-    evaluation = predict_features(model, data.features[:, 0], data.subtypes, data.relpaths)
+        raise ValueError(f"none of the {len(relpaths)} images in {scan.describe()} could be read")
+    source_of = {r.relpath: r.source for r in scan.records}
+    evaluation = predict_features(model, data.features[:, 0], data.subtypes, data.relpaths,
+                                  [source_of[p] for p in data.relpaths])
     report = metrics_report(model.taxonomy, evaluation, n_resamples=n_resamples)
     report["skipped"] = [{"file": f, "reason": r} for f, r in failures]
     report["subset"] = subset if split is not None else "all"

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..taxonomy import Taxonomy
+from .metrics import MIN_SCORED_IMAGES
 from .plots import plot_confusion_matrix, plot_history, pyplot
 
-__all__ = ["markdown_report", "write_report"]
+__all__ = ["markdown_report", "near_ood_markdown", "write_report"]
 
 
 def _pct(value: Any) -> str:
@@ -38,12 +39,10 @@ def markdown_report(report: dict[str, Any], *, title: str = "Evaluation", model_
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for organ, entry in report["organs"].items():
         val = (val_report or {}).get("organs", {}).get(organ, {})
-        ci = entry.get("accuracy_ci95")
         cells = [organ, str(config.get("batch_size", "")), str(config.get("lr", "")), str(config.get("epochs", "")),
-                 str(entry["n"]), _pct(val.get("accuracy")),
-                 f"{_pct(entry.get('accuracy'))} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "n/a",
-                 _pct(entry.get("accuracy_given_organ")), _pct(report.get("paper", {}).get(organ))]
-        cells += [_pct(other["organs"].get(organ, {}).get("accuracy_given_organ")) for other in compare.values()]
+                 str(entry["n"]), _scored(val, "accuracy"), _with_interval(entry),
+                 _scored(entry, "accuracy_given_organ"), _pct(report.get("paper", {}).get(organ))]
+        cells += [_scored(other["organs"].get(organ, {}), "accuracy_given_organ") for other in compare.values()]
         lines.append("| " + " | ".join(cells) + " |")
     router, overall = report["router"], report["overall"]
     lines += [
@@ -61,13 +60,51 @@ def markdown_report(report: dict[str, Any], *, title: str = "Evaluation", model_
     for name, entry in report["subtypes"].items():
         scores = [_score(entry[k], entry["support"]) for k in ("precision", "recall", "f1")]
         lines.append(f"| {name} | {' | '.join(scores)} | {entry['support']} |")
+    lines += _source_lines(report.get("sources"))
     lines += _trust_lines(report.get("trust"))
+    few = [f"{o} ({e['n']})" for o, e in report["organs"].items() if e["n"] and not _is_scored(e)]
+    if few:
+        lines += ["", f"Listed, not scored (fewer than {MIN_SCORED_IMAGES} images here; their counts are in "
+                  f"report.json): {', '.join(few)}."]
     empty = [o for o, e in report["organs"].items() if e["n"] == 0]
     if empty:
-        lines += ["", f"No test images for: {', '.join(empty)} (not measured)."]
+        lines += ["", f"No images here for: {', '.join(empty)} (not measured)."]
     if report.get("skipped"):
         lines += ["", f"Skipped {len(report['skipped'])} unreadable files (listed in report.json)."]
     return "\n".join(lines) + "\n"
+
+
+def _is_scored(entry: dict[str, Any]) -> bool:
+    """Whether an organ's entry has enough images to be shown as a figure (reports before ``scored``: any)."""
+    return bool(entry.get("n")) and entry.get("scored", True)
+
+
+def _scored(entry: dict[str, Any], key: str) -> str:
+    """An organ's figure, or "n/a" where it has no images, or too few to be scored."""
+    return _pct(entry.get(key)) if _is_scored(entry) else "n/a"
+
+
+def _with_interval(entry: dict[str, Any]) -> str:
+    """``94.1 [91.0, 96.8]``; for an organ with too few images, its count instead of a figure."""
+    if entry.get("n") and not _is_scored(entry):
+        return f"not scored (n = {entry['n']})"
+    ci = entry.get("accuracy_ci95")
+    return f"{_pct(entry.get('accuracy'))} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "n/a"
+
+
+def _source_lines(sources: dict[str, Any] | None) -> list[str]:
+    """Per data folder and organ: end-to-end accuracy and router recall, so a source shift is visible."""
+    if not sources:
+        return []
+    lines = ["", "## By data folder", "",
+             "The same organ from two sources can look as different as two hospitals' images:", "",
+             "| data folder | organ | n | end to end [95% CI] | organ recognised (router recall) |",
+             "|---|---|---:|---|---:|"]
+    for source, entry in sources.items():
+        for organ, figures in entry["organs"].items():
+            lines.append(f"| {source} | {organ} | {figures['n']} | {_with_interval(figures)} | "
+                         f"{_scored(figures, 'router_recall')} |")
+    return lines
 
 
 def _score(value: Any, support: int) -> str:
@@ -91,6 +128,31 @@ def _trust_lines(trust: dict[str, Any] | None) -> list[str]:
     if trust.get("state"):
         lines += ["", "```text", *trust["state"], "```"]
     return lines
+
+
+def near_ood_markdown(report: dict[str, Any], *, title: str = "## Out of distribution") -> str:
+    """The near-out-of-distribution table of :func:`~multihead.evaluation.trust.ood_report`: per group of unknown
+    images, how many were flagged and how many still got an organ or a subtype; and what the same rule costs the
+    labelled images."""
+    known = report["in_distribution"]
+    lines = ["", title, "",
+             f"Images that are none of the model's subtypes, by group, against the {known['n']} {report['subset']} "
+             f"images; score: {report['score']}, threshold {report['threshold']:.3f}. An organ is claimed when the "
+             "status is not `uncertain`, a subtype when it is `organ_and_subtype`.", "",
+             "| group | n | flagged | organ claimed | subtype claimed | organs claimed | AUROC | FPR at 95 % TPR |",
+             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for group, row in report["groups"].items():
+        organs = ", ".join(f"{organ} {count}" for organ, count in sorted(row["organs_claimed"].items(),
+                                                                          key=lambda kv: -kv[1])) or "none"
+        lines.append(f"| {group} | {row['n_out']} | {_pct(row['flagged'])} % | {_pct(row['organ_claimed'])} % | "
+                     f"{_pct(row['subtype_claimed'])} % | {organs} | {row['auroc']:.3f} | "
+                     f"{_pct(row['fpr_at_95_tpr'])} % |")
+    lines += ["", f"The cost on the {known['n']} {report['subset']} images: {_pct(known['flagged'])} % flagged out of "
+              f"distribution, {_pct(known['uncertain'])} % `uncertain` in all, {_pct(known['organ_only'])} % "
+              "`organ_only`."]
+    if report.get("skipped"):
+        lines += ["", f"Skipped {len(report['skipped'])} unreadable files (listed in report.json)."]
+    return "\n".join(lines) + "\n"
 
 
 def _figure_links(names: Sequence[str]) -> str:
@@ -124,7 +186,7 @@ def write_report(directory: str | os.PathLike, report: dict[str, Any], taxonomy:
         if entry["n"]:
             save(plot_confusion_matrix(entry["confusion_matrix"], organ.subtype_names,
                                        title=f"{organ.name} (organ given)"), f"confusion_{organ.name}.png")
-    for part in dict.fromkeys(h["part"] for h in history):
+    for part in dict.fromkeys(h.get("part") for h in history):
         if not str(part).startswith("head:"):
             axes = plot_history(history, part=part)
             save(axes[0], f"history_{str(part).replace(':', '_')}.png")

@@ -4,18 +4,20 @@ and how well the out-of-distribution score separates unknown images. Figures: :m
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.folders import expand_inputs
+from ..data.folders import expand_inputs, is_image_file
 from ..data.scan import scan_dataset
 from ..data.splits import Split
 from ..data.views import VIEWS
 from ..features.dataset import FeatureSet, dataset_features
 from ..features.extract import extract_features
-from ..model.decision import Status, subtype_confidence
+from ..model.decision import Status
 from ..model.heads import MultiHeadModel
 
 __all__ = ["ood_metrics", "ood_report", "reliability", "risk_coverage", "selective_report", "selective_scores"]
@@ -28,27 +30,22 @@ threshold (:data:`multihead.model.ood.DEFAULT_TPR`)."""
 def selective_scores(model: MultiHeadModel, features: torch.Tensor) -> dict[str, torch.Tensor]:
     """What the thresholds look at, per row of identity-view features ``[N, F]`` (CPU tensors): the joint
     probabilities, the decided organ and subtype, P(organ) and P(subtype | organ)."""
-    with torch.no_grad():
-        out = model.forward_heads(features.to(model.device))
-        joint = out.joint_probs.double().cpu()
-        organ, subtype = (t.cpu() for t in model.decide(out))
-    organ_prob, subtype_conf = subtype_confidence(joint, model.subtype_organ.cpu(), organ, subtype)
-    return {"joint": joint, "organ": organ, "subtype": subtype, "organ_prob": organ_prob, "subtype_conf": subtype_conf}
+    decided = model.decisions(features)
+    return {"joint": decided.joint, "organ": decided.organ, "subtype": decided.subtype,
+            "organ_prob": decided.organ_probability, "subtype_conf": decided.subtype_confidence}
 
 
 def selective_report(model: MultiHeadModel, data: FeatureSet) -> dict[str, float]:
     """Coverage and accuracy of each status at the model's thresholds, on identity-view features, with the
-    out-of-distribution flag applied as predictions apply it (so the shares are what ``classify`` says)."""
-    s = selective_scores(model, data.features[:, 0])
-    flagged = None
-    if model.ood.fitted:
-        with torch.no_grad():
-            flagged = model.ood.flag(model.ood_score(data.features[:, 0].to(model.device))).cpu()
-    status = np.array([str(x) for x in model.thresholds.status(s["organ_prob"], s["subtype_conf"], flagged)])
+    out-of-distribution flag and coverage applied as predictions apply them (so the shares are what ``classify``
+    says: it takes the same :meth:`~multihead.model.heads.MultiHeadModel.decisions`)."""
+    decided = model.decisions(data.features[:, 0])
+    status = np.array([str(x) for x in decided.status])
     true_organ = model.subtype_organ.cpu()[data.subtypes].numpy()
-    organ_ok, subtype_ok = s["organ"].numpy() == true_organ, (s["subtype"] == data.subtypes).numpy()
+    organ_ok, subtype_ok = decided.organ.numpy() == true_organ, (decided.subtype == data.subtypes).numpy()
     full, organ_only = status == Status.ORGAN_AND_SUBTYPE.value, status == Status.ORGAN_ONLY.value
     answered_organ = full | organ_only
+    flagged = decided.out_of_distribution
     mean = lambda values, mask: float(values[mask].mean()) if mask.any() else float("nan")  # noqa: E731
     return {
         "n": len(status),
@@ -104,32 +101,67 @@ def ood_metrics(in_scores: np.ndarray, out_scores: np.ndarray, *, tpr: float = M
             "n_in": len(in_scores), "n_out": len(out_scores)}
 
 
-def ood_report(model: MultiHeadModel, data_dir: str | os.PathLike, ood_dir: str | os.PathLike, *,
-               split: Split | None = None, subset: str = "test",
+def ood_report(model: MultiHeadModel, data_dir: str | os.PathLike | Sequence[str | os.PathLike],
+               ood_dir: str | os.PathLike, *, split: Split | None = None, subset: str = "test",
                cache_dir: str | os.PathLike | None = None) -> dict[str, object]:
-    """OOD metrics of the model's score: the labelled images (one split) against every image in ``ood_dir``."""
+    """How the model answers images that are none of its subtypes, against the labelled images of one subset.
+
+    ``ood_dir`` holds the unknown images; each folder directly inside it is one group (``near-ood/brain_notumor``,
+    ``near-ood/natural_photo``, ...), images lying directly in it form a group named after it. Per group: the
+    share flagged out of distribution, the share for which an organ is claimed (any status but ``uncertain``)
+    and for which a subtype is (``organ_and_subtype``), which organs were claimed, and the score's AUROC and FPR
+    at 95 % TPR against the labelled images. For the labelled images, the in-distribution cost: the shares
+    flagged, ``uncertain`` and ``organ_only``. Unreadable files are listed under ``skipped``, never fatal.
+    """
     if not model.ood.fitted:
         raise ValueError("this model has no fitted out-of-distribution score; train it again with this "
                          "multihead or call multihead.training.fit_ood")
-    root = Path(ood_dir)
-    paths = list(expand_inputs([root])) if root.is_dir() else []
-    if not paths:
-        raise ValueError(f"{ood_dir}: no image files found for the out-of-distribution set")
+    groups = _groups(Path(ood_dir))
     scan = scan_dataset(data_dir, model.taxonomy)
     relpaths = split.files(subset) if split is not None else [r.relpath for r in scan.records]
     known, _ = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir)
-    unknown, _, failures = extract_features(model, paths, views=VIEWS[:1], cache_dir=cache_dir)
-    with torch.no_grad():
-        in_scores = model.ood_score(known.features[:, 0].to(model.device)).cpu().numpy()
-        out_scores = model.ood_score(unknown[:, 0].to(model.device)).cpu().numpy()
+    known_decided = model.decisions(known.features[:, 0])
+    in_scores = known_decided.ood_score.numpy()
+    statuses = np.array([str(x) for x in known_decided.status])
     threshold = float(model.ood.threshold)
-    return {
-        **ood_metrics(in_scores, out_scores),
-        "score": "mahalanobis",
+    report: dict[str, object] = {
+        "score": "nearest training image (cosine distance)", "threshold": threshold,
         "subset": subset if split is not None else "all",
-        "threshold": threshold,
-        "flagged_in": float((in_scores > threshold).mean()),
-        "flagged_out": float((out_scores > threshold).mean()),
-        "skipped": [(os.fspath(paths[i]), reason) for i, reason in failures],
+        "in_distribution": {"n": len(in_scores), "flagged": float((in_scores > threshold).mean()),
+                            "uncertain": float((statuses == Status.UNCERTAIN.value).mean()),
+                            "organ_only": float((statuses == Status.ORGAN_ONLY.value).mean())},
+        "groups": {}, "skipped": [],
     }
+    names = model.taxonomy.organ_names
+    for group, paths in groups.items():
+        unknown, _, failures = extract_features(model, paths, views=VIEWS[:1], cache_dir=cache_dir)
+        report["skipped"] += [(os.fspath(paths[i]), reason) for i, reason in failures]  # type: ignore[operator]
+        if len(unknown) == 0:
+            continue
+        decided = model.decisions(unknown[:, 0])
+        status = np.array([str(x) for x in decided.status])
+        claimed = status != Status.UNCERTAIN.value
+        out_scores = decided.ood_score.numpy()
+        report["groups"][group] = {  # type: ignore[index]
+            **ood_metrics(in_scores, out_scores),
+            "flagged": float((out_scores > threshold).mean()),
+            "organ_claimed": float(claimed.mean()),
+            "subtype_claimed": float((status == Status.ORGAN_AND_SUBTYPE.value).mean()),
+            "organs_claimed": dict(Counter(names[o] for o, c in zip(decided.organ.tolist(), claimed) if c)),
+        }
+    if not report["groups"]:
+        raise ValueError(f"{ood_dir}: none of its images could be read")
+    return report
 
+
+def _groups(root: Path) -> dict[str, list[Path]]:
+    """The out-of-distribution images by group: each folder inside ``root``, and the images lying in it."""
+    if not root.is_dir():
+        raise ValueError(f"{root}: out-of-distribution folder does not exist or is not a folder")
+    groups = {root.name: [p for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p)]}
+    groups.update({folder.name: list(expand_inputs([folder])) for folder in sorted(root.iterdir())
+                   if folder.is_dir() and not folder.name.startswith(".")})
+    groups = {name: paths for name, paths in groups.items() if paths}
+    if not groups:
+        raise ValueError(f"{root}: no image files found for the out-of-distribution set")
+    return groups

@@ -1,5 +1,5 @@
-"""The trust state of a checkpoint in words: its thresholds and how they were chosen, which heads are
-calibrated and which were skipped, and whether the out-of-distribution score is fitted.
+"""The trust state of a checkpoint in words: the organs it covers, its thresholds and how they were chosen, which
+heads are calibrated and which were skipped, and whether the out-of-distribution score is fitted.
 
 One function reads the checkpoint's metadata (no tensors, no torch), so ``train``, ``info``, the model card
 and the evaluate report say the same thing.
@@ -7,13 +7,13 @@ and the evaluate report say the same thing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["describe_trust", "status_breakdown"]
 
 _RULES = {"confidence_bound": "certified by a confidence bound", "validation_accuracy": "by plain validation accuracy",
-          "given": "set by hand"}
+          "too_few_images": "too few validation images: subtypes withheld", "given": "set by hand"}
 
 
 def status_breakdown(selective: Mapping[str, Any]) -> str:
@@ -24,34 +24,60 @@ def status_breakdown(selective: Mapping[str, Any]) -> str:
     return f"{full:.1%} organ_and_subtype, {organ_only:.1%} organ_only, {uncertain:.1%} uncertain"
 
 
+def _subtype_thresholds(selective: Mapping[str, Any]) -> dict[str, tuple[float | None, str | None]]:
+    """Organ -> (subtype threshold, rule); checkpoints before issue 35 held one threshold for every organ."""
+    rules = selective.get("rules", {}).get("subtype")
+    if "subtype_thresholds" in selective:
+        return {organ: (value, (rules or {}).get(organ)) for organ, value in selective["subtype_thresholds"].items()}
+    return {"every organ": (float(selective["subtype_threshold"]), rules)}
+
+
 def _thresholds(selective: Mapping[str, Any]) -> list[str]:
     rules = selective.get("rules", {})
-    router, subtype = float(selective["router_threshold"]), float(selective["subtype_threshold"])
-    if rules.get("router") == "given" and rules.get("subtype") == "given" and router == 0 and subtype == 0:
-        return ["thresholds: off (trained with --no-abstain): every answer is kept unless it is out of distribution"]
+    router = float(selective["router_threshold"])
+    subtypes = _subtype_thresholds(selective)
+    if rules.get("router") == "given" and router == 0 and all(t == 0 and r == "given" for t, r in subtypes.values()):
+        return ["thresholds: off (trained with --no-abstain): every answer is kept unless it is out of distribution "
+                "or of an organ not covered"]
     target, level = selective.get("target_accuracy"), selective.get("confidence_level")
-    lines = [f"thresholds: P(organ) >= {router:.3f} ({_RULES.get(rules.get('router'), 'rule not recorded')}), "
-             f"P(subtype | organ) >= {subtype:.3f} ({_RULES.get(rules.get('subtype'), 'rule not recorded')}); "
+    lines = [f"thresholds: P(organ) >= {router:.3f} ({_RULES.get(rules.get('router'), 'rule not recorded')}); "
              f"target {target:.1%} accuracy" + (f" at {level:.0%} confidence" if level else "")]
-    if "validation_accuracy" in rules.values() and level:
-        lines.append(f"  validation too small to certify the target: a bound needs at least "
-                     f"{selective.get('images_to_certify')} images, the validation split has {selective.get('n')}; "
-                     "the thresholds keep the answers whose validation accuracy reaches it instead (choose with "
-                     "train --target-accuracy, or --no-abstain)")
+    shown = [f"{organ} " + (f">= {value:.3f}" if value is not None else "withheld") + " ("
+             + ("no validation answer names it: subtypes withheld" if rule is None and value is None
+                else _RULES.get(rule, "rule not recorded")) + ")" for organ, (value, rule) in subtypes.items()]
+    lines.append("  P(subtype | organ): " + ", ".join(shown))
+    if level and any(rule == "validation_accuracy" for _, rule in subtypes.values()):
+        lines.append(f"  a confidence bound needs at least {selective.get('images_to_certify')} validation answers "
+                     "without a confident mistake among the first; where none could be met the thresholds keep the "
+                     "answers whose validation accuracy reaches the target (choose with train --target-accuracy, "
+                     "or --no-abstain)")
     if "n" in selective:
         lines.append(f"  on the {selective['n']} validation images: {status_breakdown(selective)}")
     if router >= 1.0:
         lines.append("  P(organ) threshold 1.0: almost every answer is 'uncertain'")
-    elif subtype >= 1.0:
-        lines.append("  P(subtype | organ) threshold 1.0: subtypes are withheld ('organ_only')")
     return lines
 
 
-def _calibration(calibration: Mapping[str, Any] | None) -> list[str]:
+def _coverage(coverage: Mapping[str, Any] | None, available: Sequence[str] | None) -> list[str]:
+    if not coverage:
+        return []
+    covered = list(coverage.get("covered", []))
+    counts = coverage.get("organs", {})
+    shown = ", ".join(f"{organ} ({counts.get(organ, '?')} training images)" for organ in covered)
+    lines = [f"covers: {shown or 'no organ'}; an answer naming another organ is 'uncertain'"]
+    few = [f"{organ} ({counts.get(organ)})" for organ in (available or []) if organ not in covered]
+    if few:
+        lines.append(f"  not claimed (fewer than {coverage.get('min_images')} training images): {', '.join(few)}")
+    return lines
+
+
+def _calibration(calibration: Mapping[str, Any] | None, available: Sequence[str] | None) -> list[str]:
+    """The temperatures of the heads the model answers with (an untrained organ's head is never used)."""
     if not calibration:
         return ["temperature scaling: not run (all temperatures 1)"]
     skipped = calibration.get("skipped")
-    temperatures = {"router": calibration.get("router"), **calibration.get("heads", {})}
+    heads = {organ: t for organ, t in calibration.get("heads", {}).items() if available is None or organ in available}
+    temperatures = {"router": calibration.get("router"), **heads}
     if "flat" in calibration:
         temperatures = {"flat": calibration["flat"]}
     if skipped is None:  # written before skipped heads were recorded
@@ -66,18 +92,12 @@ def _calibration(calibration: Mapping[str, Any] | None) -> list[str]:
 def _ood(ood: Mapping[str, Any] | None) -> list[str]:
     if not ood:
         return ["out of distribution: not fitted (nothing is flagged)"]
-    line = (f"out of distribution: fitted on {ood.get('fitted_on')} training images, threshold "
-            f"{float(ood['threshold']):.1f} (keeps {float(ood.get('tpr', 0.95)):.0%} of the "
-            f"{ood.get('threshold_from')} images)")
-    small = ood.get("scale_rule", {})
-    shrunk = [organ for organ, rule in small.items() if rule == "shrunk"]
-    pooled = [organ for organ, rule in small.items() if rule not in ("own", "shrunk")]
-    if shrunk:
-        line += (f"; scale shrunk toward the pooled one (too few validation images for their own) for "
-                 f"{', '.join(shrunk)}")
-    if pooled:
-        line += f"; pooled scale (too few validation images for their own) for {', '.join(pooled)}"
-    return [line]
+    if ood.get("score") != "nearest_neighbour":
+        return ["out of distribution: fitted by an older multihead (Mahalanobis), not read by this one: nothing is "
+                "flagged until it is refitted"]
+    return [f"out of distribution: distance to the nearest of {ood.get('fitted_on')} training images, threshold "
+            f"{float(ood['threshold']):.3f} (keeps {float(ood.get('tpr', 0.99)):.0%} of the "
+            f"{ood.get('threshold_from')} images)"]
 
 
 def describe_trust(metadata: Mapping[str, Any]) -> list[str]:
@@ -89,5 +109,7 @@ def describe_trust(metadata: Mapping[str, Any]) -> list[str]:
     """
     trust = metadata.get("trust") or {}
     selective = trust.get("selective")
-    lines = _thresholds(selective) if selective else ["thresholds: never abstain (not fitted)"]
-    return lines + _calibration(metadata.get("calibration")) + _ood(trust.get("ood"))
+    available = metadata.get("available_organs")
+    lines = _coverage(trust.get("coverage"), available)
+    lines += _thresholds(selective) if selective else ["thresholds: never abstain (not fitted)"]
+    return lines + _calibration(metadata.get("calibration"), available) + _ood(trust.get("ood"))

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .._io import atomic_path
-from ..data.images import ImageError
+from ..data.images import ImageError, check_is_file
 from ..inference.config import InferenceConfig
 from ..model.heads import MultiHeadModel
 
@@ -33,7 +33,9 @@ def default_cache_dir() -> Path:
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes: the cache key, so a renamed file is still found and an edited one is not."""
+    """sha256 of a file's bytes: the cache key, so a renamed file is still found and an edited one is not. A FIFO,
+    a device or a folder is refused (:func:`~multihead.data.images.check_is_file`), never read."""
+    check_is_file(path)
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:

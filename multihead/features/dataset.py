@@ -49,8 +49,9 @@ def dataset_features(model: MultiHeadModel, scan: DatasetScan, relpaths: list[st
     by_path = {r.relpath: r for r in scan.records}
     missing = [p for p in relpaths if p not in by_path]
     if missing:
-        raise ValueError(f"{len(missing)} files of the split are not in {scan.root} (first: {missing[0]}); "
-                         "was the split made for another folder?")
+        raise ValueError(f"{len(missing)} files of the split are not in {scan.describe()} (first: {missing[0]}); "
+                         "was the split made for other folders? (a split of several folders names each file by "
+                         "its folder: give the same folders)")
     records = [by_path[p] for p in relpaths]
     paths = [r.path for r in records]
     if augmented_views:

@@ -16,7 +16,7 @@ import torch
 from ..data.images import ImageInput, describe_input, is_path
 from ..data.loading import load_batches
 from ..data.views import VIEWS, apply_view
-from ..model.decision import Status, decide, organ_marginal, subtype_confidence
+from ..model.decision import Status, organ_marginal
 from ..model.heads import MultiHeadModel
 from .config import InferenceConfig
 from .engine import run_features
@@ -30,9 +30,9 @@ class Prediction:
     """One image's answer. ``subtype_probability`` and ``probabilities`` are joint: P(organ) * P(subtype | organ).
 
     ``status`` (a :class:`~multihead.model.decision.Status`, which is a ``str``) says how much of it to trust:
-    ``"organ_and_subtype"``, ``"organ_only"`` (P(subtype | organ) below the model's subtype threshold) or
-    ``"uncertain"`` (P(organ) below the router threshold, or out of distribution). Organ and subtype are
-    always filled in.
+    ``"organ_and_subtype"``, ``"organ_only"`` (P(subtype | organ) below the organ's subtype threshold) or
+    ``"uncertain"`` (P(organ) below the router threshold, an organ the model does not cover, or out of
+    distribution). Organ and subtype are always filled in.
     """
 
     organ: str
@@ -44,12 +44,14 @@ class Prediction:
     source: str | None = None
     untrained_organs: tuple[str, ...] = ()
     """Organs of the taxonomy the model never saw images of: never offered as answers (probability 0)."""
+    covered_organs: tuple[str, ...] = ()
+    """Organs the model claims (trained on enough images); an answer naming another organ is ``uncertain``."""
     status: Status = Status.ORGAN_AND_SUBTYPE
     subtype_confidence: float = float("nan")
     """P(subtype | organ): the score the subtype threshold is compared with (``organ_probability`` is the router's)."""
     ood_score: float | None = None
-    """Squared Mahalanobis distance of the trunk features to the nearest trained organ; ``None`` when the
-    model has no fitted out-of-distribution score."""
+    """Cosine distance of the trunk features to the nearest training image's; ``None`` when the model has no
+    fitted out-of-distribution score."""
     out_of_distribution: bool = False
     """The image looks like none of the trained organs' images (``ood_score`` above the model's threshold)."""
     alternatives: tuple[tuple[str, float], ...] = ()
@@ -77,6 +79,7 @@ class Prediction:
             "organ_probabilities": dict(self.organ_probabilities),
             "probabilities": dict(self.probabilities),
             "untrained_organs": list(self.untrained_organs),
+            "covered_organs": list(self.covered_organs),
             "status": str(self.status),
             "subtype_confidence": self.subtype_confidence,
             "ood_score": self.ood_score,
@@ -107,35 +110,30 @@ def predict_batch(model: MultiHeadModel, batch: torch.Tensor, config: InferenceC
     always comes from the image as it is (the view its threshold was fitted on).
     """
     features = run_features(model, batch, config)
-    subtype_organ = model.subtype_organ.cpu()
-    with torch.inference_mode():
-        output = model.forward_heads(features)
-        ood = model.ood_score(features).double().cpu() if model.ood.fitted else None
-        if config.tta:
-            joint = output.joint_probs.double()
+    averaged = None
+    if config.tta:
+        with torch.inference_mode():
+            averaged = model.forward_heads(features).joint_probs.double()
             for view in VIEWS[1:]:
-                joint += model.forward_heads(run_features(model, apply_view(batch, view), config)).joint_probs.double()
-            joint = (joint / len(VIEWS)).cpu()
-            organ_index, subtype_index = decide(joint, subtype_organ)
-        else:
-            joint = output.joint_probs.double().cpu()
-            organ_index, subtype_index = (t.cpu() for t in model.decide(output))
-    organ_probs = organ_marginal(joint, subtype_organ, model.taxonomy.num_organs)
-    organ_prob, conditional = subtype_confidence(joint, subtype_organ, organ_index, subtype_index)
-    flagged = model.ood.flag(ood) if ood is not None else None
-    status = model.thresholds.status(organ_prob, conditional, flagged)
+                view_features = run_features(model, apply_view(batch, view), config)
+                averaged += model.forward_heads(view_features).joint_probs.double()
+        averaged = averaged / len(VIEWS)
+    decided = model.decisions(features, joint=averaged)
+    organ_probs = organ_marginal(decided.joint, model.subtype_organ.cpu(), model.taxonomy.num_organs)
     organs, subtypes = model.taxonomy.organ_names, model.taxonomy.subtype_names
     untrained = tuple(o for o in organs if o not in model.available_organs)
+    covered = model.covered_organs
+    flagged = decided.out_of_distribution
     predictions = []
-    for row, (o, s) in enumerate(zip(organ_index.tolist(), subtype_index.tolist())):
+    for row, (o, s) in enumerate(zip(decided.organ.tolist(), decided.subtype.tolist())):
         predictions.append(Prediction(
             organ=organs[o], organ_probability=float(organ_probs[row, o]),
-            subtype=subtypes[s], subtype_probability=float(joint[row, s]),
-            probabilities=dict(zip(subtypes, joint[row].tolist())),
+            subtype=subtypes[s], subtype_probability=float(decided.joint[row, s]),
+            probabilities=dict(zip(subtypes, decided.joint[row].tolist())),
             organ_probabilities=dict(zip(organs, organ_probs[row].tolist())),
-            source=None if sources is None else sources[row], untrained_organs=untrained,
-            status=status[row], subtype_confidence=float(conditional[row]),
-            ood_score=None if ood is None else float(ood[row]),
+            source=None if sources is None else sources[row], untrained_organs=untrained, covered_organs=covered,
+            status=decided.status[row], subtype_confidence=float(decided.subtype_confidence[row]),
+            ood_score=None if decided.ood_score is None else float(decided.ood_score[row]),
             out_of_distribution=False if flagged is None else bool(flagged[row]),
         ))
     return predictions

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .decision import Status, decide, organ_marginal
     from .heads import HeadOutput, MultiHeadModel, create_model
     from .locate import MODEL_ENV, default_model_path, locate_model
-    from .ood import MahalanobisOOD
+    from .ood import NearestNeighbourOOD
     from .temperature import TemperatureScaling
     from .thresholds import AbstentionThresholds
     from .trunk import AUTO_STAGES, Trunk, TrunkWeights, WeightsUnavailableError, create_trunk
@@ -28,7 +28,7 @@ _EXPORTS = {
     **dict.fromkeys(["Status", "decide", "organ_marginal"], ".decision"),
     **dict.fromkeys(["HeadOutput", "MultiHeadModel", "create_model"], ".heads"),
     **dict.fromkeys(["MODEL_ENV", "default_model_path", "locate_model"], ".locate"),
-    "MahalanobisOOD": ".ood",
+    "NearestNeighbourOOD": ".ood",
     "TemperatureScaling": ".temperature",
     "AbstentionThresholds": ".thresholds",
     **dict.fromkeys(["AUTO_STAGES", "Trunk", "TrunkWeights", "WeightsUnavailableError", "create_trunk"], ".trunk"),

@@ -55,6 +55,7 @@ def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLik
         "intended_use": INTENDED_USE,
         "taxonomy": json.loads(taxonomy.to_json()),
         "available_organs": available,
+        "covered_organs": _covered(metadata, available),
         "untrained_organs": [o for o in taxonomy.organ_names if o not in available],
         "trunk": {key: trunk.get(key) for key in ("name", "source", "weights_id", "fingerprint", "num_features")},
         "preprocessing": {**asdict(preprocessing), "description": preprocessing.describe()},
@@ -67,6 +68,12 @@ def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLik
         "trust": metadata.get("trust"),
     }
     return _finite(card)
+
+
+def _covered(metadata: Mapping[str, Any], available: list[str]) -> list[str]:
+    """The organs the model claims: as fitted (issue 35), or every trained organ for older files."""
+    coverage = (metadata.get("trust") or {}).get("coverage") or {}
+    return list(coverage.get("covered", available))
 
 
 def _test_summary(report: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -8,13 +8,19 @@ leaves the old file or the new one, never half of one.
 
 Format 2 names the post-hoc buffers after the estimators that own them (``temperature.logit_scale``,
 ``thresholds.router``, ``ood.threshold``, ...); format 1 files, which had them flat on the model
-(``logit_scale``, ``router_threshold``, ``ood_threshold``, ...), load with their keys mapped.
+(``logit_scale``, ``router_threshold``, ``ood_threshold``, ...), load with their keys mapped. Format 3 (issue 35)
+holds one subtype threshold per organ, the organs the model covers (``organ_covered``) and the nearest-neighbour
+out-of-distribution score, whose bank of training images (``ood.bank``) has as many rows as the model had
+training images. Files of formats 1 and 2 load with their one subtype threshold given to every organ, every
+trained organ covered, and no out-of-distribution score (their Mahalanobis buffers are not read; a warning says
+so): refit it with :func:`multihead.training.fit_ood`, or train again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,13 +43,16 @@ from .metadata import (
     parse_json,
     printable,
 )
+from .ood import MAX_BANK
 from .trunk import create_trunk, fingerprint_state_dict
 
 __all__ = ["FORMAT_VERSION", "MAX_TRUNK_PARAMETERS", "CheckpointError", "head_state", "load", "model_header",
            "read_header", "save"]
 
+log = logging.getLogger(__name__)
+
 FORMAT = "multihead"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FORMAT_1_KEYS = {
     "logit_scale": "temperature.logit_scale",
     "router_threshold": "thresholds.router",
@@ -55,8 +64,8 @@ FORMAT_1_KEYS = {
     "ood_threshold": "ood.threshold",
 }
 """Format 1 key -> format 2 key (the buffers moved from the model into the estimators that own them)."""
-OPTIONAL_KEYS = {1: frozenset({"ood_organ_scale"})}
-"""Per format: stored keys added after it was fixed; a file without them loads with their defaults."""
+LEGACY_OOD = ("ood.", "ood_")
+"""Key prefixes of the Mahalanobis out-of-distribution buffers of formats 1 and 2 (not read)."""
 MAX_TRUNK_PARAMETERS = 1_000_000_000
 """Largest trunk :func:`load` builds by default (4 GiB as float32; ResNet101 has 45 million parameters)."""
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
@@ -215,10 +224,13 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     spec = header["trunk"]
     name, fingerprint, embedded = spec["name"], spec["fingerprint"], spec["embedded"]
     skeleton = _build(path, header, weights=None, meta=max_trunk_parameters is not None)  # trusted: no size check
+    bank_rows = _bank_rows(path, header)
+    skeleton.ood.resize_bank(bank_rows)
     heads, trunk_keys = _expected_tensors(header, skeleton)
     _check_against_header(path, header, skeleton, {**heads, **trunk_keys}, max_trunk_parameters)
     weights = None if embedded else ("imagenet" if spec.get("source") == "timm" else spec.get("weights_id"))
     model = _build(path, header, weights=weights, meta=False)
+    model.ood.resize_bank(bank_rows)
     trunk = model.trunk
     try:
         with safe_open(str(path), framework="pt") as reader:
@@ -239,10 +251,29 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     if header["heads_sha256"] is not None and fingerprint_state_dict(stored_heads) != header["heads_sha256"]:
         raise CheckpointError(f"{path}: head tensors do not match the checksum in the metadata; the file is damaged")
     current_name = {old: new for new, old in _stored_names(header["format_version"]).items()}
-    model.load_state_dict({current_name.get(k, k): v for k, v in stored_heads.items()},
-                          strict=False)  # the trunk is loaded and verified above
+    state = {current_name.get(k, k): v for k, v in stored_heads.items()}
+    if header["format_version"] < 3:
+        state = {k: v for k, v in state.items() if not k.startswith(LEGACY_OOD)}
+        state["thresholds.subtype"] = state["thresholds.subtype"].expand(model.taxonomy.num_organs).clone()
+    model.load_state_dict(state, strict=False)  # the trunk is loaded and verified above
+    if header["format_version"] < 3:
+        model.organ_covered.copy_(model.organ_mask)
+        log.warning("%s: written in checkpoint format %d, whose out-of-distribution score this multihead no longer "
+                    "reads: nothing is flagged until it is refitted (multihead.training.fit_ood, or train again)",
+                    path, header["format_version"])
     model.metadata = header["metadata"]
     return model.to(device).eval()
+
+
+def _bank_rows(path: Path, header: dict[str, Any]) -> int:
+    """Training images in the file's out-of-distribution bank (0 for older formats and unfitted scores)."""
+    if header["format_version"] < 3 or "ood.bank" not in header["tensors"]:
+        return 0
+    _, shape = header["tensors"]["ood.bank"]
+    if len(shape) != 2 or not 0 <= shape[0] <= MAX_BANK:
+        raise CheckpointError(f"{path}: ood.bank has shape {shape}, it must be [images, components] with at most "
+                              f"{MAX_BANK} images")
+    return shape[0]
 
 
 def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> MultiHeadModel:
@@ -267,13 +298,24 @@ def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> M
 def _expected_tensors(header: dict[str, Any], skeleton: MultiHeadModel
                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The head and (if embedded) trunk tensors the file must hold, under the names its format stores them."""
-    stored_name = _stored_names(header["format_version"])
+    version = header["format_version"]
+    stored_name = _stored_names(version)
     heads = {stored_name.get(k, k): v for k, v in skeleton.state_dict().items() if not k.startswith("trunk.")}
-    for key in OPTIONAL_KEYS.get(header["format_version"], frozenset()).difference(header["keys"]):
-        del heads[key]  # older files: keep the new tensor's default
+    if version < 3:  # one subtype threshold, no coverage; their out-of-distribution buffers are read as stored
+        heads = {k: v for k, v in heads.items() if not k.startswith(LEGACY_OOD) and k != "organ_covered"}
+        heads[stored_name.get("thresholds.subtype", "thresholds.subtype")] = torch.zeros(())
+        heads.update({k: _stored_tensor(header, k) for k in header["keys"] if k.startswith(LEGACY_OOD)})
     trunk_keys = ({f"trunk.{k}": v for k, v in skeleton.trunk.network.state_dict().items()}
                   if header["trunk"]["embedded"] else {})
     return heads, trunk_keys
+
+
+def _stored_tensor(header: dict[str, Any], key: str) -> torch.Tensor:
+    """An empty stand-in of the shape and dtype the file says ``key`` has (a buffer of an older format that is
+    read as stored and then dropped)."""
+    dtype_name, shape = header["tensors"][key]
+    dtype = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}.get(dtype_name, torch.float32)
+    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def _check_against_header(path: Path, header: dict[str, Any], skeleton: MultiHeadModel,

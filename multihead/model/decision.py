@@ -4,15 +4,19 @@ One rule everywhere (``classify``, test-time augmentation, evaluation, training 
 probable organ, then that organ's most probable subtype, so the two can never disagree. The functions take
 plain tensors: joint probabilities (or log-probabilities) ``[B, S]`` over the taxonomy's subtypes and
 ``subtype_organ`` ``[S]``, the organ index of every subtype (``MultiHeadModel.subtype_organ``).
+:meth:`MultiHeadModel.decisions <multihead.model.heads.MultiHeadModel.decisions>` puts them together with the
+model's thresholds, coverage and out-of-distribution score into one :class:`Decisions`: the one path from
+features to answers that ``classify``, evaluation, the trust measurements and post-hoc fitting all take.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
 
-__all__ = ["Status", "best_subtype", "decide", "organ_marginal", "statuses", "subtype_confidence"]
+__all__ = ["Decisions", "Status", "best_subtype", "decide", "organ_marginal", "statuses", "subtype_confidence"]
 
 
 class Status(str, Enum):
@@ -78,16 +82,51 @@ def subtype_confidence(joint_probs: torch.Tensor, subtype_organ: torch.Tensor, o
 
 
 def statuses(organ_prob: torch.Tensor, subtype_conf: torch.Tensor, *, router_threshold: float,
-             subtype_threshold: float, out_of_distribution: torch.Tensor | None = None) -> list[Status]:
-    """One :class:`Status` per row. An out-of-distribution image is ``UNCERTAIN`` whatever its scores.
+             subtype_threshold: float | torch.Tensor, out_of_distribution: torch.Tensor | None = None,
+             organ: torch.Tensor | None = None, covered: torch.Tensor | None = None) -> list[Status]:
+    """One :class:`Status` per row. An out-of-distribution image, or one whose organ the model does not cover,
+    is ``UNCERTAIN`` whatever its scores.
+
+    Args:
+        subtype_threshold: one threshold, or one per organ ``[O]`` (then ``organ`` is needed).
+        organ: the decided organ of each row ``[B]``.
+        covered: ``[O]`` bool, the organs the model may claim (with ``organ``).
 
     Example:
         >>> statuses(torch.tensor([0.9]), torch.tensor([0.5]), router_threshold=0.5, subtype_threshold=0.8)[0].value
         'organ_only'
     """
     router_ok = organ_prob.cpu() >= router_threshold
-    subtype_ok = subtype_conf.cpu() >= subtype_threshold
+    if isinstance(subtype_threshold, torch.Tensor) and subtype_threshold.ndim:
+        if organ is None:
+            raise ValueError("per-organ subtype thresholds need the decided organ of each row")
+        subtype_threshold = subtype_threshold.cpu()[organ.cpu()]
+    subtype_ok = subtype_conf.cpu() >= (subtype_threshold.cpu() if isinstance(subtype_threshold, torch.Tensor)
+                                        else subtype_threshold)
     if out_of_distribution is not None:
         router_ok &= ~out_of_distribution.cpu()
+    if covered is not None:
+        if organ is None:
+            raise ValueError("coverage needs the decided organ of each row")
+        router_ok &= covered.cpu()[organ.cpu()]
     return [Status.ORGAN_AND_SUBTYPE if r and s else Status.ORGAN_ONLY if r else Status.UNCERTAIN
             for r, s in zip(router_ok.tolist(), subtype_ok.tolist())]
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Everything decided for a batch, from one pass of the heads: what a prediction shows, and what evaluation,
+    trust measurements and post-hoc fitting read. CPU tensors, one row per image."""
+
+    joint: torch.Tensor
+    """Joint probabilities ``[B, S]`` (float64): P(organ) * P(subtype | organ)."""
+    organ: torch.Tensor
+    subtype: torch.Tensor
+    """The decided organ and its best subtype (global index)."""
+    organ_probability: torch.Tensor
+    subtype_confidence: torch.Tensor
+    """P(organ) and P(subtype | organ) of the decided answer: what the thresholds compare."""
+    ood_score: torch.Tensor | None
+    out_of_distribution: torch.Tensor | None
+    """The out-of-distribution score and flag; ``None`` for a model without a fitted score."""
+    status: list[Status]

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..data.preprocessing import Preprocessing
 from ..taxonomy import MULTI_CANCER, Taxonomy
-from .decision import decide
-from .ood import MahalanobisOOD
+from .decision import Decisions, decide, subtype_confidence
+from .ood import NearestNeighbourOOD
 from .temperature import TemperatureScaling
 from .thresholds import AbstentionThresholds
 from .trunk import Trunk, TrunkWeights, create_trunk
@@ -76,10 +76,13 @@ class MultiHeadModel(nn.Module):
             {organ.name: nn.Linear(trunk.num_features, len(organ.subtypes)) for organ in taxonomy.organs}
         )
         self.register_buffer("organ_mask", torch.ones(taxonomy.num_organs, dtype=torch.bool))
+        self.register_buffer("organ_covered", torch.ones(taxonomy.num_organs, dtype=torch.bool))
+        """The organs the model may claim: trained on enough images (``set_covered_organs``); an answer naming
+        another organ is ``uncertain``."""
         # post-hoc estimators; their defaults (T = 1, thresholds 0, OOD threshold inf) change nothing
         self.temperature = TemperatureScaling(taxonomy)
-        self.thresholds = AbstentionThresholds()
-        self.ood = MahalanobisOOD(trunk.num_features, taxonomy.num_organs)
+        self.thresholds = AbstentionThresholds(taxonomy.num_organs)
+        self.ood = NearestNeighbourOOD(trunk.num_features)
         self.metadata: dict[str, Any] = {}
         """Training config, history, split and metrics; written into checkpoints as JSON."""
         self._register_index_buffers()
@@ -148,9 +151,33 @@ class MultiHeadModel(nn.Module):
         return decide(output.joint_log_probs, self.subtype_organ, output.router_logits)
 
     def ood_score(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``[B, F]`` -> the out-of-distribution score over the organs the model answers ``[B]``
-        (:class:`~multihead.model.ood.MahalanobisOOD`)."""
-        return self.ood.score(features, self.organ_mask)
+        """Pooled features ``[B, F]`` -> the out-of-distribution score ``[B]``: the distance to the nearest training
+        image (:class:`~multihead.model.ood.NearestNeighbourOOD`)."""
+        return self.ood.score(features)
+
+    def decisions(self, features: torch.Tensor, *, joint: torch.Tensor | None = None) -> Decisions:
+        """Pooled features ``[B, F]`` -> organ, subtype, their probabilities, the out-of-distribution flag and the
+        status of each row: the one path from features to answers (:mod:`~multihead.model.decision`).
+
+        Args:
+            joint: joint probabilities ``[B, S]`` to decide from instead of the heads' own on ``features`` (the
+                average over views of test-time augmentation); the out-of-distribution score still reads
+                ``features``.
+        """
+        subtype_organ = self.subtype_organ.cpu()
+        with torch.no_grad():
+            if joint is None:
+                output = self.forward_heads(features.to(self.device))
+                joint = output.joint_probs.double().cpu()
+                organ, subtype = (t.cpu() for t in self.decide(output))
+            else:
+                joint = joint.double().cpu()
+                organ, subtype = decide(joint, subtype_organ)
+            score = self.ood_score(features).double().cpu() if self.ood.fitted else None
+        organ_probability, confidence = subtype_confidence(joint, subtype_organ, organ, subtype)
+        flagged = self.ood.flag(score) if score is not None else None
+        status = self.thresholds.status(organ_probability, confidence, organ, flagged, covered=self.organ_covered)
+        return Decisions(joint, organ, subtype, organ_probability, confidence, score, flagged, status)
 
     # --- trained organs --------------------------------------------------------------------------
     @property
@@ -159,13 +186,29 @@ class MultiHeadModel(nn.Module):
         return tuple(o for o, ok in zip(self.taxonomy.organ_names, self.organ_mask.tolist()) if ok)
 
     def set_available_organs(self, organs: list[str] | tuple[str, ...]) -> None:
-        """Restrict answers to these organs (the others get probability zero)."""
+        """Restrict answers to these organs (the others get probability zero); they are all covered until
+        :meth:`set_covered_organs` says otherwise."""
         if not organs:
             raise ValueError("at least one organ must stay available")
-        mask = torch.zeros_like(self.organ_mask)
+        self.organ_mask.copy_(self._organ_flags(organs))
+        self.organ_covered.copy_(self.organ_mask)
+
+    @property
+    def covered_organs(self) -> tuple[str, ...]:
+        """Organs the model claims: trained on enough images. The router still weighs the others (so their images
+        are not mistaken for a covered organ), but an answer naming one is ``uncertain``."""
+        return tuple(o for o, ok in zip(self.taxonomy.organ_names, (self.organ_covered & self.organ_mask).tolist())
+                     if ok)
+
+    def set_covered_organs(self, organs: list[str] | tuple[str, ...]) -> None:
+        """Claim only these organs (among the available ones)."""
+        self.organ_covered.copy_(self._organ_flags(organs) & self.organ_mask)
+
+    def _organ_flags(self, organs: list[str] | tuple[str, ...]) -> torch.Tensor:
+        flags = torch.zeros_like(self.organ_mask)
         for organ in organs:
-            mask[self.taxonomy.organ_index(organ)] = True
-        self.organ_mask.copy_(mask)
+            flags[self.taxonomy.organ_index(organ)] = True
+        return flags
 
     # --- heads' state and persistence -------------------------------------------------------------
     def head_parameters(self) -> list[nn.Parameter]:

@@ -1,17 +1,23 @@
 """Selective prediction: back off to the organ when the subtype is unsure, abstain when the organ is.
 
-The router's P(organ) and the chosen head's P(subtype | organ) are compared with two thresholds chosen on
-validation data for a target accuracy. Below the first the answer is ``uncertain``; below the second it is
-``organ_only``: the organ is still worth reporting when the subtype is not. The defaults (0 and 0) never
-abstain. How the kept answers then score is measured in :mod:`multihead.evaluation.trust`.
+The router's P(organ) and the chosen head's P(subtype | organ) are compared with thresholds chosen on
+validation data for a target accuracy: one for the router, and one per organ for the subtype, since one organ's
+hard cases (brain MRI, 90 % right) must not withhold another's easy ones (blood smears, 99.6 %). Below the
+router's the answer is ``uncertain``; below its organ's subtype threshold it is ``organ_only``: the organ is
+still worth reporting when the subtype is not. The defaults (0) never abstain. How the kept answers then score
+is measured in :mod:`multihead.evaluation.trust`.
 
-A confidence bound needs images: at 99 % and 95 % confidence even a perfect validation set must hold
-:func:`images_to_certify` = 299 images. With fewer, no threshold can be certified, and withholding every
-answer would punish a small data set, not a bad model; each threshold then falls back to the plain
-validation accuracy (rule ``"validation_accuracy"``, recorded in :attr:`AbstentionThresholds.rules_`).
+Each threshold is chosen by one of the :data:`RULES`. A confidence bound needs images: at 99 % and 95 %
+confidence even a perfect validation set must hold :func:`images_to_certify` = 299 images, and one confident
+mistake among the first 299 makes any bound fail. Where no bound can be met, the threshold keeps the answers
+whose plain validation accuracy reaches the target (rule ``"validation_accuracy"``, recorded in
+:attr:`AbstentionThresholds.rules_`); an organ with fewer than :data:`MIN_THRESHOLD_IMAGES` validation answers
+gets no subtype threshold at all: its subtypes are withheld (rule ``"too_few_images"``).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -19,17 +25,28 @@ from torch import nn
 
 from .decision import Status, statuses
 
-__all__ = ["DEFAULT_CONFIDENCE_LEVEL", "DEFAULT_TARGET_ACCURACY", "RULE_BOUND", "RULE_FALLBACK", "AbstentionThresholds",
-           "images_to_certify", "largest_safe_threshold"]
+__all__ = ["DEFAULT_CONFIDENCE_LEVEL", "DEFAULT_TARGET_ACCURACY", "MIN_THRESHOLD_IMAGES", "RULES", "RULE_BOUND",
+           "RULE_FALLBACK", "RULE_TOO_FEW", "AbstentionThresholds", "images_to_certify", "largest_safe_threshold"]
 
 DEFAULT_TARGET_ACCURACY = 0.99
 """Accuracy asked of the predictions the model keeps (status ``organ_and_subtype``), on validation."""
 DEFAULT_CONFIDENCE_LEVEL = 0.95
 """How sure the validation split must make us that the kept answers reach the target accuracy."""
+MIN_THRESHOLD_IMAGES = 10
+"""Validation answers an organ needs for a subtype threshold of its own; with fewer its subtypes are withheld: a
+handful of right answers (the 8 kidney CT images of the bundled model's validation split) cannot tell a threshold
+that keeps 99 % of the answers right from one that keeps 80 %. A small data set of 30 images a subtype (15 to 20
+validation answers an organ) still gets thresholds by plain validation accuracy."""
 RULE_BOUND = "confidence_bound"
 """A threshold whose kept answers reach the target by their Clopper-Pearson lower bound."""
 RULE_FALLBACK = "validation_accuracy"
-"""Too few images to certify any threshold: the kept answers reach the target by their plain accuracy."""
+"""No bound can be met (too few images, or a confident mistake among the first ones): the kept answers reach the
+target by their plain validation accuracy."""
+RULE_TOO_FEW = "too_few_images"
+"""Fewer than MIN_THRESHOLD_IMAGES validation answers for the organ: its subtypes are withheld."""
+RULES = (RULE_BOUND, RULE_FALLBACK, RULE_TOO_FEW, "given")
+WITHHELD = math.inf
+"""The subtype threshold of an organ whose subtypes are withheld: no confidence reaches it."""
 
 
 def images_to_certify(target: float, confidence_level: float) -> int:
@@ -59,6 +76,13 @@ def largest_safe_threshold(confidence: np.ndarray, correct: np.ndarray, target: 
     """
     if len(confidence) == 0:
         return 0.0
+    lowest = _lowest_reaching(confidence, correct, target, confidence_level)
+    return 1.0 if lowest is None else lowest
+
+
+def _lowest_reaching(confidence: np.ndarray, correct: np.ndarray, target: float,
+                     confidence_level: float | None) -> float | None:
+    """:func:`largest_safe_threshold` of a non-empty set, or ``None`` when no non-empty set reaches the target."""
     order = np.argsort(-confidence, kind="stable")
     conf, hits = confidence[order], correct[order].astype(float)
     n = np.arange(1, len(hits) + 1)
@@ -72,7 +96,7 @@ def largest_safe_threshold(confidence: np.ndarray, correct: np.ndarray, target: 
     last_of_tie = np.append(conf[1:] < conf[:-1], True)  # a threshold can only cut between distinct values
     good = np.flatnonzero((accuracy >= target) & last_of_tie)
     if len(good) == 0:
-        return 1.0
+        return None
     k = good[-1]
     return 0.0 if k == len(conf) - 1 else float(conf[k])
 
@@ -83,39 +107,40 @@ def _check_probability(name: str, value: float | None) -> None:
 
 
 class AbstentionThresholds(nn.Module):
-    """The router and subtype thresholds, as buffers that travel inside checkpoints.
+    """The router threshold and one subtype threshold per organ, as buffers that travel inside checkpoints.
 
     Example:
-        >>> thresholds = AbstentionThresholds()
-        >>> thresholds.fitted, thresholds.status(torch.tensor([0.2]), torch.tensor([0.2]))
+        >>> thresholds = AbstentionThresholds(num_organs=2)
+        >>> thresholds.fitted, thresholds.status(torch.tensor([0.2]), torch.tensor([0.2]), torch.tensor([1]))
         (False, [<Status.ORGAN_AND_SUBTYPE: 'organ_and_subtype'>])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_organs: int = 1) -> None:
         super().__init__()
         self.register_buffer("router", torch.tensor(0.0))
-        self.register_buffer("subtype", torch.tensor(0.0))
-        self.rules_: dict[str, str] = {}
-        """How the last :meth:`fit` chose each threshold: :data:`RULE_BOUND`, :data:`RULE_FALLBACK` (too few
-        images for a bound) or ``"given"``."""
+        self.register_buffer("subtype", torch.zeros(num_organs))
+        self.rules_: dict[str, object] = {}
+        """How the last :meth:`fit` chose each threshold (:data:`RULES`): ``{"router": rule, "subtype": [rule per
+        organ]}``; an organ without validation answers has ``None``."""
 
     @property
     def fitted(self) -> bool:
-        """Whether either threshold can withhold an answer (both 0 never abstain, fitted or not)."""
-        return float(self.router) > 0 or float(self.subtype) > 0
+        """Whether any threshold can withhold an answer (all 0 never abstain, fitted or not)."""
+        return float(self.router) > 0 or bool((self.subtype > 0).any())
 
     def fit(self, organ_prob: torch.Tensor, organ_correct: torch.Tensor, subtype_conf: torch.Tensor,
-            subtype_correct: torch.Tensor, *, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+            subtype_correct: torch.Tensor, organs: torch.Tensor, *, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
             confidence_level: float | None = DEFAULT_CONFIDENCE_LEVEL, router_threshold: float | None = None,
-            subtype_threshold: float | None = None) -> AbstentionThresholds:
-        """Choose the thresholds from validation scores ``[N]`` and whether each answer was right.
+            subtype_threshold: float | None = None, min_images: int = MIN_THRESHOLD_IMAGES) -> AbstentionThresholds:
+        """Choose the thresholds from validation scores ``[N]``, whether each answer was right, and the organ each
+        answer named (``organs`` ``[N]``).
 
         The router threshold is the lowest P(organ) at which the kept organs are ``target_accuracy`` right;
-        then, among those, the subtype threshold is the lowest P(subtype | organ) at which the kept answers
-        (organ and subtype) are. "Are" means with ``confidence_level`` confidence (a Clopper-Pearson lower
-        bound; ``None``: the plain validation accuracy). A threshold passed in is used as given. Where the
-        images a threshold is read from are too few for any bound to reach the target
-        (:func:`images_to_certify`), that threshold uses the plain accuracy instead (:data:`RULE_FALLBACK`).
+        then, among those, each organ's subtype threshold is the lowest P(subtype | organ) at which that organ's
+        kept answers (organ and subtype) are. "Are" means with ``confidence_level`` confidence (a Clopper-Pearson
+        lower bound) where the images allow a bound to be met, else by plain accuracy (:data:`RULE_FALLBACK`);
+        an organ with fewer than ``min_images`` kept answers has its subtypes withheld. A threshold passed in is
+        used as given (for every organ).
         """
         if not 0.0 < target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
@@ -127,27 +152,37 @@ class AbstentionThresholds(nn.Module):
             raise ValueError("choosing thresholds needs validation images; the set is empty (or pass both thresholds)")
         organ_prob, subtype_conf = organ_prob.cpu().numpy(), subtype_conf.cpu().numpy()
         organ_ok, subtype_ok = organ_correct.cpu().numpy(), subtype_correct.cpu().numpy()
-        self.rules_ = {}
+        organs = organs.cpu().numpy()
 
-        def choose(name: str, given: float | None, confidence: np.ndarray, correct: np.ndarray) -> float:
+        def choose(given: float | None, confidence: np.ndarray, correct: np.ndarray) -> tuple[float, str]:
             if given is not None:
-                self.rules_[name] = "given"
-                return given
-            level = confidence_level
-            if level is not None and len(confidence) < images_to_certify(target_accuracy, level):
-                level = None
-            self.rules_[name] = RULE_BOUND if level is not None else RULE_FALLBACK
-            return largest_safe_threshold(confidence, correct, target_accuracy, level)
+                return given, "given"
+            if confidence_level is not None and len(confidence) >= images_to_certify(target_accuracy,
+                                                                                       confidence_level):
+                bound = _lowest_reaching(confidence, correct, target_accuracy, confidence_level)
+                if bound is not None:
+                    return bound, RULE_BOUND
+            return largest_safe_threshold(confidence, correct, target_accuracy, None), RULE_FALLBACK
 
-        router_threshold = choose("router", router_threshold, organ_prob, organ_ok)
-        kept = organ_prob >= router_threshold
-        subtype_threshold = choose("subtype", subtype_threshold, subtype_conf[kept], subtype_ok[kept])
-        self.router.fill_(float(router_threshold))
-        self.subtype.fill_(float(subtype_threshold))
+        router, router_rule = choose(router_threshold, organ_prob, organ_ok)
+        kept = organ_prob >= router
+        thresholds, rules = [], []
+        for organ in range(len(self.subtype)):
+            mine = kept & (organs == organ)
+            if subtype_threshold is None and not mine.any():
+                thresholds.append(WITHHELD), rules.append(None)
+            elif subtype_threshold is None and mine.sum() < min_images:
+                thresholds.append(WITHHELD), rules.append(RULE_TOO_FEW)
+            else:
+                threshold, rule = choose(subtype_threshold, subtype_conf[mine], subtype_ok[mine])
+                thresholds.append(threshold), rules.append(rule)
+        self.router.fill_(float(router))
+        self.subtype.copy_(torch.tensor(thresholds, dtype=self.subtype.dtype))
+        self.rules_ = {"router": router_rule, "subtype": rules}
         return self
 
-    def status(self, organ_prob: torch.Tensor, subtype_conf: torch.Tensor,
-               out_of_distribution: torch.Tensor | None = None) -> list[Status]:
-        """One :class:`~multihead.model.decision.Status` per row."""
-        return statuses(organ_prob, subtype_conf, router_threshold=float(self.router),
-                        subtype_threshold=float(self.subtype), out_of_distribution=out_of_distribution)
+    def status(self, organ_prob: torch.Tensor, subtype_conf: torch.Tensor, organ: torch.Tensor,
+               out_of_distribution: torch.Tensor | None = None, covered: torch.Tensor | None = None) -> list[Status]:
+        """One :class:`~multihead.model.decision.Status` per row; ``organ`` ``[B]`` is each row's decided organ."""
+        return statuses(organ_prob, subtype_conf, router_threshold=float(self.router), subtype_threshold=self.subtype,
+                        out_of_distribution=out_of_distribution, organ=organ, covered=covered)

@@ -25,12 +25,15 @@ class PredictionRecord(BaseModel):
     organ_probabilities: dict[str, float] = Field(description="P(organ) for every organ of the taxonomy.")
     probabilities: dict[str, float] = Field(description="Joint probability of every subtype; they sum to 1.")
     untrained_organs: list[str] = Field(description="Organs the model never saw images of (probability 0).")
+    covered_organs: list[str] = Field(description="Organs the model claims (trained on enough images); an answer "
+                                                  "naming another organ is 'uncertain'.")
     status: Literal["organ_and_subtype", "organ_only", "uncertain"] = Field(
         description="How much to trust it: both answers, the organ only, or neither.")
-    subtype_confidence: float | None = Field(description="P(subtype | organ), compared with the subtype threshold.")
-    ood_score: float | None = Field(description="Distance to the nearest trained organ; null when the model has "
-                                                "no out-of-distribution score fitted.")
-    out_of_distribution: bool = Field(description="The image looks like none of the trained organs' images.")
+    subtype_confidence: float | None = Field(description="P(subtype | organ), compared with the organ's subtype "
+                                                         "threshold.")
+    ood_score: float | None = Field(description="Cosine distance to the nearest training image; null when the model "
+                                                "has no out-of-distribution score fitted.")
+    out_of_distribution: bool = Field(description="The image looks like none of the training images.")
     error: str | None = Field(description="Always null here: a request with an unreadable image fails whole (422).")
     top_k: list[tuple[str, float]] | None = Field(
         default=None, description="The K most probable subtypes with joint probabilities; only with ?top_k=K > 1.")

@@ -15,14 +15,14 @@ if TYPE_CHECKING:
     from .config import METHODS, PRESETS, TrainConfig
     from .heads import fit_heads
     from .pipeline import TrainResult, save_split_next_to, train_from_folder
-    from .posthoc import fit_ood, fit_temperatures, fit_thresholds, fit_trust
+    from .posthoc import fit_coverage, fit_ood, fit_temperatures, fit_thresholds, fit_trust
     from .tune import tune_top
 
 _EXPORTS = {
     **dict.fromkeys(["METHODS", "PRESETS", "TrainConfig"], ".config"),
     "fit_heads": ".heads",
     **dict.fromkeys(["TrainResult", "save_split_next_to", "train_from_folder"], ".pipeline"),
-    **dict.fromkeys(["fit_ood", "fit_temperatures", "fit_thresholds", "fit_trust"], ".posthoc"),
+    **dict.fromkeys(["fit_coverage", "fit_ood", "fit_temperatures", "fit_thresholds", "fit_trust"], ".posthoc"),
     "tune_top": ".tune",
 }
 __all__ = sorted(_EXPORTS)

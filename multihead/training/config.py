@@ -44,6 +44,9 @@ class TrainConfig:
     # abstain=False keeps every answer (thresholds 0; out-of-distribution images are still flagged)
     target_accuracy: float = 0.99
     abstain: bool = True
+    # coverage: an organ with fewer training images than this is not claimed (answers naming it are "uncertain";
+    # multihead.training.posthoc.MIN_COVERED_IMAGES says why 50)
+    min_covered_images: int = 50
     # tuning the top of the shared trunk (multihead.training.tune): "none" keeps the trunk frozen (the design's
     # default and the paper's); "auto" tunes the last stages (multihead.model.trunk_split.AUTO_TUNE_FROM);
     # a module name ("layer4", "features.14") tunes it and everything after it; "stem" the whole trunk.
@@ -73,6 +76,9 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
         if self.views not in ("identity", "dihedral", "augmented"):
             raise ValueError(f"views must be 'identity', 'dihedral' or 'augmented', got {self.views!r}")
+        if isinstance(self.min_covered_images, bool) or not isinstance(self.min_covered_images, int) or \
+                self.min_covered_images < 1:
+            raise ValueError(f"min_covered_images must be a positive integer, got {self.min_covered_images!r}")
         for name in ("epochs", "batch_size", "tune_epochs", "tune_patience"):
             if name == "tune_patience" and self.tune_patience is None:
                 continue

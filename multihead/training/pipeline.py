@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,16 +46,23 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None = None,
+DataFolders = str | os.PathLike | Sequence[str | os.PathLike]
+"""One data folder, or several read as their union (:func:`~multihead.data.scan.scan_dataset`)."""
+
+
+def train_from_folder(data_dir: DataFolders, *, config: TrainConfig | None = None,
                       trunk: str = "resnet18", trunk_weights: TrunkWeights = "imagenet",
                       taxonomy: Taxonomy | str | None = None, split: str | os.PathLike | Split | None = None,
                       cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                       on_stage: Callable[[str], None] | None = None,
                       on_progress: Callable[[str, int, int], None] | None = None,
                       on_epoch: Callable[[dict[str, object]], None] | None = None) -> TrainResult:
-    """Train a model on ``<data_dir>/<organ>/<subtype>/<image>``.
+    """Train a model on ``<data_dir>/<organ>/<subtype>/<image>``, or on the union of several such folders.
 
     Args:
+        data_dir: a data folder or a list of them. The split is leak-free across folders (near-duplicates
+            are grouped whichever folder holds them), and the checkpoint records each folder by name and
+            image count, never by path.
         config: training settings (see :data:`multihead.training.config.PRESETS`).
         split: a split file or :class:`Split` to reuse; default: a new leak-free split seeded by ``config.seed``.
         cache_dir: where trunk features (and, when tuning, the frozen bottom's maps) are cached (default
@@ -76,7 +83,10 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     scan = scan_dataset(data_dir, taxonomy)
     if scan.given_root is not None:
         stage(f"using {scan.root}, the data folder inside {scan.given_root}")
+    for note in scan.notes:
+        stage(note)
     stage(f"found {len(scan.records)} images in {len(scan.taxonomy.organs) - len(scan.empty_organs)} organs"
+          + (f" ({scan.describe()})" if len(scan.sources) > 1 else "")
           + (f"; no images for {', '.join(scan.empty_organs)}" if scan.empty_organs else ""))
     if isinstance(split, (str, os.PathLike)):
         split = Split.load(split)
@@ -101,12 +111,12 @@ def train_from_folder(data_dir: str | os.PathLike, *, config: TrainConfig | None
     trust = None
     if len(sets["train"]) > 1:
         trust = fit_trust(model, sets["train"], sets["val"], target_accuracy=config.target_accuracy,
-                          abstain=config.abstain)
+                          abstain=config.abstain, min_covered_images=config.min_covered_images)
     for line in describe_trust({"calibration": calibration, "trust": trust}):
         stage(line)
     model.metadata = {
-        "training": {"config": config.to_dict(), "trunk_weights": str(trunk_weights), "data_dir": str(data_dir),
-                     "data_root": str(scan.root), "timings": timings},
+        "training": {"config": config.to_dict(), "trunk_weights": _weights_name(trunk_weights),
+                     "data": [source.to_dict() for source in scan.sources], "timings": timings},
         "history": history,
         "split": {"info": split.info, "files": split.assignment},
         "available_organs": list(model.available_organs),
@@ -170,6 +180,14 @@ def _train_tuned(model: MultiHeadModel, scan: DatasetScan, split: Split, config:
     timings["tune_s"] = time.perf_counter() - started
     sets = {name: top_features(parts, data, model) for name, data in maps.items()}
     return sets, history
+
+
+def _weights_name(weights: TrunkWeights) -> str:
+    """The trunk's weights as a checkpoint records them: an id as it is, a local file by its name only (the
+    trunk's fingerprint identifies its contents; the machine's paths are nobody's business)."""
+    if isinstance(weights, os.PathLike) or os.sep in str(weights):
+        return Path(weights).name
+    return str(weights)
 
 
 def save_split_next_to(path: str | os.PathLike, split: Split) -> Path:

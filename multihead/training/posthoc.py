@@ -1,10 +1,12 @@
-"""Fitting the post-hoc estimators on a trained model's features: temperatures on validation logits, the
-out-of-distribution score on training features (its threshold on validation), then the abstention
-thresholds. Each returns the summary the checkpoint's metadata records; the measurements come from
-:mod:`multihead.evaluation.trust`.
+"""Fitting the post-hoc estimators on a trained model's features: temperatures on validation logits, the organs
+the model covers (enough training images), the out-of-distribution score on training features (its threshold on
+validation), then the abstention thresholds. Each returns the summary the checkpoint's metadata records; the
+measurements come from :mod:`multihead.evaluation.trust`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -12,10 +14,20 @@ from ..evaluation.trust import selective_report, selective_scores
 from ..features.dataset import FeatureSet
 from ..model.heads import MultiHeadModel
 from ..model.ood import DEFAULT_TPR
-from ..model.thresholds import DEFAULT_CONFIDENCE_LEVEL, DEFAULT_TARGET_ACCURACY, images_to_certify
+from ..model.thresholds import (
+    DEFAULT_CONFIDENCE_LEVEL,
+    DEFAULT_TARGET_ACCURACY,
+    MIN_THRESHOLD_IMAGES,
+    images_to_certify,
+)
 from ..model.trunk_split import untuned_features
 
-__all__ = ["fit_ood", "fit_temperatures", "fit_thresholds", "fit_trust"]
+__all__ = ["MIN_COVERED_IMAGES", "fit_coverage", "fit_ood", "fit_temperatures", "fit_thresholds", "fit_trust"]
+
+MIN_COVERED_IMAGES = 50
+"""Training images an organ needs to be claimed. With fewer (the shared data's breast has 21, oral 11), the router
+still learns it, so its images are not taken for another organ, but an answer naming it is ``uncertain``: a
+handful of images from one source says nothing about the organ."""
 
 
 def fit_temperatures(model: MultiHeadModel, data: FeatureSet) -> dict[str, object]:
@@ -37,60 +49,83 @@ def fit_temperatures(model: MultiHeadModel, data: FeatureSet) -> dict[str, objec
 
 def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
                    confidence_level: float | None = DEFAULT_CONFIDENCE_LEVEL, router_threshold: float | None = None,
-                   subtype_threshold: float | None = None) -> dict[str, float]:
-    """Choose (or set) the abstention thresholds on validation features; returns them with their coverage
+                   subtype_threshold: float | None = None) -> dict[str, object]:
+    """Choose (or set) the abstention thresholds on validation features: the router's and one subtype threshold
+    per organ; returns them with their rules and coverage
     (:class:`~multihead.model.thresholds.AbstentionThresholds`, :func:`~multihead.evaluation.trust.selective_report`).
 
     Example:
         >>> fit_thresholds(model, val_features, target_accuracy=0.99)  # doctest: +SKIP
-        {'router_threshold': 0.71, 'subtype_threshold': 0.88, ...}
+        {'router_threshold': 0.71, 'subtype_thresholds': {'all': 0.0, 'brain': 0.98, ...}, ...}
     """
-    scores: tuple[torch.Tensor, ...] = (torch.zeros(0),) * 4
+    scores: tuple[torch.Tensor, ...] = (torch.zeros(0),) * 4 + (torch.zeros(0, dtype=torch.long),)
     if len(data):
         s = selective_scores(model, data.features[:, 0])
         true_organ = model.subtype_organ.cpu()[data.subtypes]
-        scores = (s["organ_prob"], s["organ"] == true_organ, s["subtype_conf"], s["subtype"] == data.subtypes)
+        scores = (s["organ_prob"], s["organ"] == true_organ, s["subtype_conf"], s["subtype"] == data.subtypes,
+                  s["organ"])
     model.thresholds.fit(*scores, target_accuracy=target_accuracy, confidence_level=confidence_level,
                          router_threshold=router_threshold, subtype_threshold=subtype_threshold)
-    result = {"router_threshold": float(model.thresholds.router), "subtype_threshold": float(model.thresholds.subtype),
-              "target_accuracy": target_accuracy, "confidence_level": confidence_level,
-              "rules": dict(model.thresholds.rules_),
-              "images_to_certify": images_to_certify(target_accuracy, confidence_level) if confidence_level else None}
+    names, available = model.taxonomy.organ_names, model.available_organs
+    subtype_rules = model.thresholds.rules_["subtype"]
+    result: dict[str, object] = {
+        "router_threshold": float(model.thresholds.router),
+        "subtype_thresholds": {name: _finite_or_none(float(t)) for name, t in zip(names, model.thresholds.subtype)
+                               if name in available},
+        "target_accuracy": target_accuracy, "confidence_level": confidence_level,
+        "rules": {"router": model.thresholds.rules_["router"],
+                  "subtype": {name: rule for name, rule in zip(names, subtype_rules) if name in available}},
+        "images_to_certify": images_to_certify(target_accuracy, confidence_level) if confidence_level else None,
+        "min_images": MIN_THRESHOLD_IMAGES,
+    }
     if len(data):
         result.update(selective_report(model, data))
     return result
 
 
+def _finite_or_none(value: float) -> float | None:
+    """A withheld organ's threshold is infinite; JSON says ``null`` (its rule says why)."""
+    return value if math.isfinite(value) else None
+
+
 def fit_ood(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None = None, *,
             tpr: float = DEFAULT_TPR) -> dict[str, object]:
     """Fit the out-of-distribution score on training features and its threshold on validation features
-    (:class:`~multihead.model.ood.MahalanobisOOD`); returns the threshold and each organ's scale.
+    (:class:`~multihead.model.ood.NearestNeighbourOOD`); returns what it fitted.
 
     A tuned trunk's score reads only the pooled stages below its cut (:func:`untuned_features`), or every
     feature when none is pooled there."""
     use_val = val is not None and len(val) > 0
     num_read = untuned_features(model.trunk) or model.trunk.num_features
-    model.ood.fit(train.features[:, 0], train.organs, val.features[:, 0] if use_val else None,
-                  val.organs if use_val else None, organ_mask=model.organ_mask, tpr=tpr, num_read=num_read)
-    scales = {name: round(float(scale), 4) for name, scale, ok in
-              zip(model.taxonomy.organ_names, model.ood.organ_scale.tolist(), model.organ_mask.tolist()) if ok}
-    return {"score": "mahalanobis", "components": model.ood.projection.shape[1], "features_read": num_read,
+    model.ood.fit(train.features[:, 0], val.features[:, 0] if use_val else None, tpr=tpr, num_read=num_read)
+    return {"score": "nearest_neighbour", "components": model.ood.projection.shape[1], "features_read": num_read,
             "threshold": float(model.ood.threshold), "tpr": tpr, "fitted_on": len(train),
-            "threshold_from": "val" if use_val else "train", "organ_scale": scales,
-            "scale_rule": {name: model.ood.scale_rules_.get(index, "pooled")
-                           for index, name in enumerate(model.taxonomy.organ_names) if name in scales}}
+            "threshold_from": "val" if use_val else "train (left one out)"}
+
+
+def fit_coverage(model: MultiHeadModel, train: FeatureSet, *,
+                 min_images: int = MIN_COVERED_IMAGES) -> dict[str, object]:
+    """Claim only the organs with at least ``min_images`` training images (:attr:`MultiHeadModel.covered_organs`);
+    returns the training images per organ and subtype, and which organs are covered."""
+    names = model.taxonomy.organ_names
+    organs = torch.bincount(train.organs, minlength=len(names)).tolist()
+    subtypes = torch.bincount(train.subtypes, minlength=model.taxonomy.num_subtypes).tolist()
+    model.set_covered_organs([name for name, n in zip(names, organs) if n >= min_images])
+    return {"min_images": min_images, "covered": list(model.covered_organs),
+            "organs": dict(zip(names, organs)), "subtypes": dict(zip(model.taxonomy.subtype_names, subtypes))}
 
 
 def fit_trust(model: MultiHeadModel, train: FeatureSet, val: FeatureSet, *,
               target_accuracy: float = DEFAULT_TARGET_ACCURACY, abstain: bool = True,
-              tpr: float = DEFAULT_TPR) -> dict[str, object]:
-    """Everything the training pipeline fits after calibration: the OOD score, then the thresholds.
+              tpr: float = DEFAULT_TPR, min_covered_images: int = MIN_COVERED_IMAGES) -> dict[str, object]:
+    """Everything the training pipeline fits after calibration: the coverage, the OOD score, then the thresholds.
 
-    Without validation images, or with ``abstain=False``, the thresholds stay at "never abstain" (0 and 0;
-    out-of-distribution images are still flagged), and without validation images the OOD threshold comes
-    from the training images.
+    Without validation images, or with ``abstain=False``, the thresholds stay at "never abstain" (0; images out
+    of distribution or of an organ not covered are still ``uncertain``), and without validation images the OOD
+    threshold comes from the training images (left one out).
     """
-    result: dict[str, object] = {"ood": fit_ood(model, train, val, tpr=tpr)}
+    result: dict[str, object] = {"coverage": fit_coverage(model, train, min_images=min_covered_images),
+                                 "ood": fit_ood(model, train, val, tpr=tpr)}
     if len(val):
         given = None if abstain else 0.0
         result["selective"] = fit_thresholds(model, val, target_accuracy=target_accuracy, router_threshold=given,

@@ -43,7 +43,10 @@
       parts.push(`test accuracy: organ ${percent(card.test.router_accuracy)}, subtype ${percent(card.test.accuracy)}` +
         ` (${card.test.n_images} images)`);
     }
-    info.textContent = `${parts.join(" · ")}. Answers: ${card.available_organs.map(displayName).join(", ")}.`;
+    const covered = card.covered_organs || card.available_organs;
+    const notClaimed = card.available_organs.filter((organ) => !covered.includes(organ));
+    info.textContent = `${parts.join(" · ")}. Covers: ${covered.map(displayName).join(", ")}` +
+      (notClaimed.length ? ` (too few training images to claim: ${notClaimed.map(displayName).join(", ")})` : "") + ".";
   }
 
   async function post(url, file) {
@@ -91,13 +94,19 @@
   function statusNote(record) {
     const trust = (card && card.trust) || {};
     if (record.out_of_distribution) {
-      const limit = trust.ood && trust.ood.threshold && record.ood_score !== null ? ` (score ${record.ood_score.toFixed(0)}, threshold ` +
-        `${trust.ood.threshold.toFixed(0)})` : "";
-      return `The image looks like none of the organs the model was trained on${limit}: the answers are guesses.`;
+      const limit = trust.ood && trust.ood.threshold && record.ood_score !== null ? ` (distance ${record.ood_score.toFixed(3)}, threshold ` +
+        `${trust.ood.threshold.toFixed(3)})` : "";
+      return `The image looks like none of the images the model was trained on${limit}: not one of its kinds; the answers are guesses.`;
     }
     if (record.status === "organ_only") {
-      const limit = trust.selective ? `, below the threshold of ${percent(trust.selective.subtype_threshold)}` : "";
+      const thresholds = (trust.selective && trust.selective.subtype_thresholds) || {};
+      const own = thresholds[record.organ];
+      const limit = own === null ? " (too few validation images to trust its subtypes)" :
+        own !== undefined ? `, below its organ's threshold of ${percent(own)}` : "";
       return `The subtype is uncertain: P(subtype | organ) is ${percent(record.subtype_confidence)}${limit}.`;
+    }
+    if (record.status === "uncertain" && record.covered_organs && !record.covered_organs.includes(record.organ)) {
+      return `The model was trained on too few ${displayName(record.organ)} images to claim that organ: treat both answers as guesses.`;
     }
     if (record.status === "uncertain") return "The router is unsure of the organ: treat both answers as guesses.";
     return `P(subtype | organ) ${percent(record.subtype_confidence)}.`;
