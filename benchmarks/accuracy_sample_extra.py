@@ -12,6 +12,8 @@ import math
 import statistics
 from pathlib import Path
 
+from multihead.evaluation.metrics import MIN_SCORED_IMAGES
+
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "docs" / "accuracy" / "sample-extra"
 CURVE = REPO / "docs" / "accuracy" / "brain-curve.jsonl"
@@ -55,8 +57,8 @@ def _organ_table(run: dict, paper: dict[str, float]) -> list[str]:
                 if entry.get("n") and entry.get("scored") is False]
     notes = []
     if unscored:
-        notes.append(f"Listed, not scored (fewer than 30 test images; the counts are in the run's report.json): "
-                     f"{', '.join(unscored)}.")
+        notes.append(f"Listed, not scored (fewer than {MIN_SCORED_IMAGES} test images; the counts are in the run's "
+                     f"report.json): {', '.join(unscored)}.")
     if absent:
         notes.append(f"No test images: {', '.join(absent)}.")
     return lines + (["", *notes] if notes else [])
@@ -64,7 +66,8 @@ def _organ_table(run: dict, paper: dict[str, float]) -> list[str]:
 
 def _source_table(run: dict) -> list[str]:
     sources = run.get("sources") or {}
-    shared = [organ for organ in run["organs"] if sum(organ in s["organs"] for s in sources.values()) > 1]
+    shared = [organ for organ in run["organs"]
+              if sum(s["organs"].get(organ, {}).get("n", 0) >= MIN_SCORED_IMAGES for s in sources.values()) > 1]
     if not shared:
         return []
     lines = ["", "By data folder, for the organs both folders hold (the sample's brain MRI are 224 px crops with "

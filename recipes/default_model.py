@@ -20,6 +20,7 @@ import torch
 import multihead
 from multihead.data import VIEWS
 from multihead.evaluation import evaluate_folder
+from multihead.evaluation.trust import ood_report
 from multihead.features import dataset_features
 from multihead.inference import run_batch
 from multihead.training import PRESETS
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--trunk", default=RECIPE["trunk"])
     parser.add_argument("--trunk-weights", default=RECIPE["trunk_weights"])
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--near-ood", type=Path, default=SHARED / "data" / "near-ood",
+                        help="real images that are none of the subtypes, one folder per group (skipped if absent)")
     args = parser.parse_args()
 
     config = PRESETS[RECIPE["preset"]].override(**RECIPE["overrides"])
@@ -60,7 +63,14 @@ def main() -> None:
                                cache_dir=args.cache_dir, on_stage=print)
     model = result.model
     test, _ = evaluate_folder(model, args.data, split=result.split, subset="test", cache_dir=args.cache_dir)
-    model.metadata["test_report"] = {k: test[k] for k in ("n_images", "router", "overall", "organs", "paper")}
+    model.metadata["test_report"] = {k: test[k] for k in ("n_images", "router", "overall", "organs", "paper",
+                                                          "sources") if k in test}
+    if args.near_ood.is_dir():  # what it answers for real images that are none of its subtypes (docs/trust.md)
+        near = ood_report(model, args.data, args.near_ood, split=result.split, subset="test", cache_dir=args.cache_dir)
+        model.metadata["near_ood"] = {"folder": args.near_ood.name, "in_distribution": near["in_distribution"],
+                                      "groups": {g: {k: row[k] for k in ("n_out", "flagged", "organ_claimed",
+                                                                          "subtype_claimed", "auroc", "fpr_at_95_tpr")}
+                                                 for g, row in near["groups"].items()}}
     model.metadata["recipe"] = {**RECIPE, "script": "recipes/default_model.py",  # names, never this machine's paths
                                 "data": [source.name for source in result.scan.sources], "trunk": args.trunk,
                                 "trunk_weights": Path(args.trunk_weights).name, "seconds": 0.0}

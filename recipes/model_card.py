@@ -20,7 +20,14 @@ from multihead.model.checkpoint import read_header  # noqa: E402
 
 CARD = REPO / "docs" / "model-card.md"
 MODEL = REPO / "multihead" / "weights" / "default.safetensors"
-UNMEASURED = ("breast", "oral", "kidney")  # a handful of images each in the shared sample
+SOURCES = {
+    "multi-cancer-sample": "real microscopy, MRI and CT images byte for byte as published (ALL blood smears, brain "
+                           "tumour MRI as 224 px crops, LC25000 lung and colon histopathology, NIA malignant lymphoma, "
+                           "BreakHis breast, oral histopathology, two kidney CT slices)",
+    "multi-cancer-extra": "other public copies of the same upstream sets, deduplicated against the sample (brain "
+                          "tumour MRI at 256 px, kidney CT normal and tumour, a few breast, lymphoma and oral images)",
+}
+"""What each shared folder holds (their READMEs, MANIFEST.tsv and PROVENANCE.tsv say more)."""
 
 
 def _pct(value: float | None) -> str:
@@ -33,8 +40,12 @@ def render(path: Path = MODEL) -> str:
     meta, trunk, taxonomy = header["metadata"], header["trunk"], header["taxonomy"]
     config = meta.get("training", {}).get("config", {})
     test = meta.get("test_report")
+    trust = meta.get("trust") or {}
+    available = meta.get("available_organs") or list(taxonomy.organ_names)
+    coverage = trust.get("coverage") or {}
+    covered = coverage.get("covered", available)
     split_files = meta.get("split", {}).get("files", {})
-    per_subtype = Counter((relpath.split("/")[1], part) for relpath, part in split_files.items())
+    per_subtype = Counter((relpath.split("/")[-2], part) for relpath, part in split_files.items())
     lines = [
         "# Model card: the bundled default model",
         "",
@@ -49,24 +60,19 @@ def render(path: Path = MODEL) -> str:
         "Research and teaching: trying the one-pass multi-head design on real images, a baseline to compare",
         "against, a smoke test for pipelines. **Not for diagnosis or any clinical decision.** It was trained on",
         "a few thousand downscaled public images from a handful of sources; it has never been validated on a",
-        "clinical population, and its probabilities describe this sample, not patients.",
+        "clinical population, and its probabilities describe these images, not patients.",
         "",
         "## What it knows",
         "",
-        f"Taxonomy: `{taxonomy.name}`, {taxonomy.num_organs} organs, {taxonomy.num_subtypes} subtypes. It answers only",
-        f"organs it saw training images of: **{', '.join(meta['available_organs'])}**. "
-        f"{', '.join(o for o in taxonomy.organ_names if o not in meta['available_organs'])} had no images and get",
-        "probability 0; every prediction lists them in `untrained_organs`. "
-        f"{', '.join(UNMEASURED)} had only a handful of images: the model answers them, but its accuracy there",
-        "is **unmeasured** (a test set of 0 to 3 images measures nothing).",
+        f"Taxonomy: `{taxonomy.name}`, {taxonomy.num_organs} organs, {taxonomy.num_subtypes} subtypes. "
+        f"It **covers** {', '.join(f'`{o}`' for o in covered)}: those it claims.",
+        *_not_claimed(taxonomy, available, covered, coverage),
+        "An image unlike every training image is flagged out of distribution and answered `uncertain`",
+        "(see *Images that are none of its subtypes* below).",
         "",
         "## Training data",
         "",
-        "The shared sample `shared/data/multi-cancer-sample/`: real microscopy, MRI and CT images in the",
-        "Multi Cancer Dataset layout, byte for byte as published by the repositories named in its",
-        "`MANIFEST.tsv` (ALL blood smears, brain tumour MRI, LC25000 lung and colon histopathology, NIA",
-        "malignant lymphoma, BreakHis breast, oral histopathology, kidney CT; see `PROVENANCE.tsv` for",
-        "licences). Exact and near duplicates were removed by the sample's makers.",
+        *_sources(meta),
         "",
         "| subtype | train | val | test |",
         "|---|---:|---:|---:|",
@@ -78,10 +84,10 @@ def render(path: Path = MODEL) -> str:
             **meta.get("split", {}).get("info", {})}
     lines += [
         "",
-        f"Split: seed {info['seed']}, fractions {info['fractions']}, stratified by subtype, leak-free:",
-        f"{info['grouped_files']} files in {info['groups']} groups of near-copies (a difference hash compared",
-        "under all flips and 90-degree rotations, Hamming distance <= "
-        f"{info['threshold']}) were kept within one split.",
+        f"Split: seed {info['seed']}, fractions {info['fractions']}, stratified by subtype, leak-free across the",
+        f"folders: {info['grouped_files']} files in {info['groups']} groups of near-copies (a difference hash",
+        f"compared under all flips and 90-degree rotations, Hamming distance <= {info['threshold']}) were kept",
+        "within one split, the largest groups placed first.",
         "",
         "## Trunk",
         "",
@@ -91,7 +97,8 @@ def render(path: Path = MODEL) -> str:
         + ", frozen, embedded in the file",
         f"({trunk['stored_dtype']}; float16 storage was tried and changed "
         f"{meta.get('float16_trunk_check', {}).get('changed_predictions', 'n/a')} of "
-        f"{meta.get('float16_trunk_check', {}).get('test_images', 'n/a')} test predictions, so it was not used).",
+        f"{meta.get('float16_trunk_check', {}).get('test_images', 'n/a')} test predictions"
+        + (", so it was not used)." if trunk.get("stored_dtype") != "float16" else ")."),
         "ImageNet-1k weights of torchvision's MobileNetV2 architecture, from `shared/weights/` (the only",
         "ImageNet CNN trunk loadable offline where this model was built; ResNet18's ImageNet weights could",
         f"not be obtained there). Fingerprint (sha256 of the weights): `{trunk['fingerprint']}`.",
@@ -112,12 +119,12 @@ def render(path: Path = MODEL) -> str:
         "## Test-split metrics",
         "",
     ]
-    lines += _test_lines(test, taxonomy, meta) if test else ["No test report is recorded in this file."]
-    trust = meta.get("trust")
+    lines += _test_lines(test, taxonomy, available) if test else ["No test report is recorded in this file."]
+    lines += _near_ood_lines(meta.get("near_ood"))
     if trust:
-        lines += ["", "## Abstention and out-of-distribution inputs", "", "Fitted on the validation split "
-                  "(see [trust](trust.md)):", "", "```json", json.dumps(trust, indent=1, sort_keys=True,
-                                                                        default=str)[:3000], "```"]
+        lines += ["", "## Abstention and out-of-distribution inputs", "", "Fitted on the training and validation "
+                  "splits (see [trust](trust.md)):", "", "```json",
+                  json.dumps(trust, indent=1, sort_keys=True, default=str)[:3000], "```"]
     lines += [
         "",
         "The paper's column is a different experiment (the full Kaggle Multi Cancer Dataset, eight separately",
@@ -127,15 +134,19 @@ def render(path: Path = MODEL) -> str:
         "",
         "## Known limitations",
         "",
-        "- **Image sizes and sources.** The sample's images were downscaled by their publishers (224 px for",
-        "  ALL, brain and LC25000; 417x312 lymphoma). Each organ comes from a single source, so the router may",
-        "  partly learn the source (staining, scanner, resolution) rather than the organ; a new hospital's",
-        "  images can look unlike anything here.",
-        "- **Leakage.** LC25000 was built by rotating and flipping about 250 originals per class. The split",
-        "  groups rotated and flipped copies, but small-angle rotations (LC25000 used up to 25 degrees) are",
-        "  not caught by the hash, so lung and colon accuracy may still be optimistic.",
-        "- **Small classes.** Lymphoma has 9 test images per subtype; the intervals above are wide.",
-        "- **Unmeasured organs** (breast, oral, kidney) and **absent organ** (cervix): see above.",
+        "- **Image sizes and sources.** The images were downscaled by their publishers (224 px for ALL, the",
+        "  sample's brain and LC25000; 256 px for the extra brain MRI; 417x312 lymphoma). Most organs come from",
+        "  one source, so the router may partly learn the source (staining, scanner, resolution) rather than the",
+        "  organ; a new hospital's images can look unlike anything here. Brain comes from two copies that look",
+        "  different: the test table gives each its own row.",
+        "- **Leakage.** LC25000 was built by rotating and flipping about 250 originals per class, and kidney CT",
+        "  slices of one scan look alike. The split groups rotated, flipped and near-identical copies, but",
+        "  small-angle rotations (LC25000 used up to 25 degrees) are not caught by the hash, so lung and colon",
+        "  accuracy may still be optimistic.",
+        "- **Small organs.** Lymphoma and kidney have 27 and 33 test images: their intervals are wide. Organs",
+        "  with fewer are listed, not scored; those with too few training images are not claimed at all.",
+        "- **Near-OOD.** Healthy brain MRI and kidney CT with cysts or stones look much like the trained classes:",
+        "  see the table above for how often they are still given an organ or a subtype.",
         "- **Frozen ImageNet MobileNetV2**, not the paper's ResNet18: results here say nothing about ResNet18.",
         "",
         "## How to retrain",
@@ -151,9 +162,35 @@ def render(path: Path = MODEL) -> str:
     return "\n".join(lines)
 
 
-def _test_lines(test: dict, taxonomy, meta: dict) -> list[str]:
-    """The test report's headline and per-organ table."""
-    available = meta.get("available_organs") or taxonomy.organ_names
+def _not_claimed(taxonomy, available: list[str], covered: list[str], coverage: dict) -> list[str]:
+    """The organs the model was trained on too little to claim, and those it never saw."""
+    lines = []
+    counts = coverage.get("organs", {})
+    few = [f"`{o}` ({counts.get(o, '?')} training images)" for o in available if o not in covered]
+    if few:
+        lines.append(f"Trained on too few images to claim (fewer than {coverage.get('min_images', '?')}): "
+                     f"{', '.join(few)}; the router still weighs them, so their images are not taken for another "
+                     "organ, but an answer naming one is `uncertain`.")
+    absent = [f"`{o}`" for o in taxonomy.organ_names if o not in available]
+    if absent:
+        lines.append(f"No training images at all: {', '.join(absent)} (probability 0; every prediction lists them "
+                     "in `untrained_organs`).")
+    return lines
+
+
+def _sources(meta: dict) -> list[str]:
+    data = meta.get("training", {}).get("data") or [{"name": "multi-cancer-sample", "images": None}]
+    lines = ["The union of the shared data folders, in the Multi Cancer Dataset layout (`<organ>/<subtype>/<file>`;",
+             "each folder's `MANIFEST.tsv` names the repository, commit and path of every file, `PROVENANCE.tsv`",
+             "the licences):", ""]
+    for folder in data:
+        count = f"{folder['images']:,} images" if folder.get("images") is not None else "images"
+        lines.append(f"- `shared/data/{folder['name']}/` ({count}): {SOURCES.get(folder['name'], 'a data folder')}.")
+    return lines
+
+
+def _test_lines(test: dict, taxonomy, available: list[str]) -> list[str]:
+    """The test report's headline, per-organ table and per-folder rows."""
     lines = [
         f"{test['n_images']} held-out images, one forward pass each. Router (organ) accuracy",
         f"**{_pct(test['router']['accuracy'])} %**; all-subtype accuracy **{_pct(test['overall']['accuracy'])} %**",
@@ -161,22 +198,46 @@ def _test_lines(test: dict, taxonomy, meta: dict) -> list[str]:
         f"{_pct(test['overall']['accuracy_ci95'][1])}); macro F1 {test['overall']['macro_f1']:.3f}; expected",
         f"calibration error of the joint probability {test['overall']['ece']:.3f}.",
         "",
-        "| organ | n test | subtype accuracy, end to end [95 % CI] | organ given | macro F1 | paper (8 ResNet18) "
-        "| status |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| organ | n test | subtype accuracy, end to end [95 % CI] | organ given | organ recognised | paper "
+        "(8 ResNet18) |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for organ in taxonomy.organ_names:
         entry = test["organs"].get(organ, {"n": 0})
-        status = "no images" if organ not in available else (
-            "unmeasured" if organ in UNMEASURED else "measured")
-        if entry["n"]:
+        if not entry["n"]:
+            status = "no training images" if organ not in available else "no test images"
+            cells = [status, "n/a", "n/a"]
+        elif entry.get("scored") is False:
+            cells = [f"not scored (n = {entry['n']})", "n/a", "n/a"]
+        else:
             ci = entry["accuracy_ci95"]
             cells = [f"{_pct(entry['accuracy'])} [{_pct(ci[0])}, {_pct(ci[1])}]", _pct(entry["accuracy_given_organ"]),
-                     f"{entry['f1']:.3f}"]
-        else:
-            cells = ["n/a", "n/a", "n/a"]
-        lines.append(f"| {organ} | {entry['n']} | {' | '.join(cells)} | {_pct(PAPER_TEST_ACCURACY.get(organ))} "
-                     f"| {status} |")
+                     _pct(entry.get("router_recall"))]
+        lines.append(f"| {organ} | {entry['n']} | {' | '.join(cells)} | {_pct(PAPER_TEST_ACCURACY.get(organ))} |")
+    for source, entry in (test.get("sources") or {}).items():
+        for organ, figures in entry["organs"].items():
+            if sum(organ in other["organs"] for other in test["sources"].values()) > 1 and figures.get("scored"):
+                ci = figures["accuracy_ci95"]
+                lines.append(f"| {organ}, from `{source}` | {figures['n']} | {_pct(figures['accuracy'])} "
+                             f"[{_pct(ci[0])}, {_pct(ci[1])}] | | {_pct(figures['router_recall'])} | |")
+    return lines
+
+
+def _near_ood_lines(near_ood: dict | None) -> list[str]:
+    """What the model answers for real images that are none of its subtypes, as the recipe measured it."""
+    if not near_ood:
+        return []
+    lines = ["", "## Images that are none of its subtypes", "",
+             "Real images from `shared/data/near-ood` (other public sets), each group against the test split: the",
+             "share flagged out of distribution, and the share still given an organ or a subtype.", "",
+             "| group | n | flagged | organ claimed | subtype claimed | AUROC |", "|---|---:|---:|---:|---:|---:|"]
+    for group, row in near_ood["groups"].items():
+        lines.append(f"| {group} | {row['n_out']} | {_pct(row['flagged'])} | {_pct(row['organ_claimed'])} | "
+                     f"{_pct(row['subtype_claimed'])} | {row['auroc']:.3f} |")
+    known = near_ood["in_distribution"]
+    lines += ["", f"On the {known['n']} test images the same rules flag {_pct(known['flagged'])} % as out of "
+              f"distribution; {_pct(known['uncertain'])} % are `uncertain` in all and {_pct(known['organ_only'])} % "
+              "`organ_only`."]
     return lines
 
 

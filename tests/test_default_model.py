@@ -14,7 +14,7 @@ from multihead.inference import default_model_path
 from multihead.model.checkpoint import read_header
 from multihead.model.trunk import fingerprint_state_dict
 
-from .conftest import REPO
+from .conftest import REPO, require_shared
 
 EXAMPLES = sorted((REPO / "multihead" / "examples").glob("*.jpg"))
 EXPECTED = {"WBC-Benign-020.jpg": "all_benign", "WBC-Malignant-Early-011.jpg": "all_early",
@@ -55,14 +55,28 @@ def test_trunk_fingerprint_matches_the_shared_weights(header, mobilenet_weights)
     assert fingerprint_state_dict(state) == header["trunk"]["fingerprint"]
 
 
-@pytest.mark.slow  # re-measures the 737 test images at 640 px: minutes on a 2-core CPU
+def test_default_model_names_its_folders_never_a_path_of_the_machine(header):
+    """Issue 34: trained on both shared folders, recorded by name and image count."""
+    metadata = header["metadata"]
+    assert metadata["training"]["data"] == [{"name": "multi-cancer-sample", "images": 4907},
+                                            {"name": "multi-cancer-extra", "images": 1567}]
+    assert metadata["recipe"]["data"] == ["multi-cancer-sample", "multi-cancer-extra"]
+    text = json.dumps(metadata)
+    assert str(REPO.parent) not in text and '"/' not in text  # no absolute path anywhere in the metadata
+    assert metadata["test_report"]["organs"]["kidney"]["n"] >= 30  # kidney is measured now
+
+
+@pytest.mark.slow  # re-measures the 984 test images at 640 px: minutes on a 2-core CPU
 def test_split_and_test_metrics_reproduce(header, sample_dir):
     """The recipe's split comes back from the same seed, and the shipped file scores what it says."""
     recorded = header["metadata"]["split"]["files"]
-    split, unreadable = make_split(scan_dataset(sample_dir), seed=header["metadata"]["training"]["config"]["seed"])
+    folders = [sample_dir.parent / folder["name"] for folder in header["metadata"]["training"]["data"]]
+    for folder in folders:
+        require_shared(folder, f"the shared data folder {folder.name}")
+    split, unreadable = make_split(scan_dataset(folders), seed=header["metadata"]["training"]["config"]["seed"])
     assert not unreadable and split.assignment == recorded
     model = multihead.load(default_model_path())
-    report, failures = evaluate_folder(model, sample_dir, split=Split(recorded, {}), subset="test", n_resamples=10)
+    report, failures = evaluate_folder(model, folders, split=Split(recorded, {}), subset="test", n_resamples=10)
     shipped = header["metadata"]["test_report"]
     assert not failures and report["n_images"] == shipped["n_images"]
     assert report["router"]["accuracy"] == pytest.approx(shipped["router"]["accuracy"], abs=0.003)

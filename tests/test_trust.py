@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,6 +351,37 @@ def test_evaluate_ood_and_classify_tta_from_the_cli(model, folders, tmp_path):
     record = json.loads(classified.output.strip().splitlines()[-1])
     assert record["ood_score"] == pytest.approx(float(scores_out.max()), abs=1e-3)  # the view as it is, not TTA's
     assert record["out_of_distribution"] is True and record["status"] == Status.UNCERTAIN.value
+
+
+def test_a_near_ood_folder_is_measured_per_group_and_its_broken_files_are_listed(model, folders, tmp_path):
+    """Each folder inside --ood is a group; an unreadable file, a 1x300 image and an empty group are listed or
+    measured like any folder, never fatal (exit 3: some inputs failed)."""
+    data, _ = folders
+    near = tmp_path / "near"
+    rng = np.random.default_rng(1)
+    for group, count in (("noise", 3), ("stripes", 2)):
+        (near / group).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(near / group / f"{i}.png")
+    (near / "noise" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.fromarray(np.zeros((1, 300, 3), np.uint8)).save(near / "stripes" / "thin.png")
+    (near / "empty").mkdir()
+    paths = sorted(data.rglob("*.png"))
+    features, _, _ = extract_features(model, paths, cache_dir=tmp_path / "cache")
+    subtypes = torch.tensor([model.taxonomy.subtype_index(p.parent.name) for p in paths])
+    model.set_available_organs(["all", "brain"])
+    fit_ood(model, FeatureSet(features, model.subtype_organ[subtypes], subtypes, [str(p) for p in paths],
+                              ("identity",)), tpr=0.8)
+    checkpoint = tmp_path / "m.safetensors"
+    multihead.save(model, checkpoint)
+    result = runner.invoke(app, ["evaluate", str(checkpoint), str(data), "--report", str(tmp_path / "report"),
+                                 "--ood", str(near), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 3, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["ood"]
+    assert set(report["groups"]) == {"noise", "stripes"}  # the empty folder is no group
+    assert (report["groups"]["noise"]["n_out"], report["groups"]["stripes"]["n_out"]) == (3, 3)
+    assert [Path(path).name for path, _ in report["skipped"]] == ["broken.png"]
+    assert "broken.png" in result.stderr and "| stripes | 3 |" in result.stdout
 
 
 def test_evaluate_ood_needs_a_fitted_model(tiny_model, folders, tmp_path):

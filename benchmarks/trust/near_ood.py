@@ -39,7 +39,10 @@ def main() -> None:
     parser.add_argument("--ood", type=Path, default=DATA / "near-ood")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "near-ood-default-model.json")
+    parser.add_argument("--page", type=Path, default=REPO / "docs" / "trust.md",
+                        help="the page whose near-ood block is rewritten (none: --page '')")
     args = parser.parse_args()
+    args.page = args.page if args.page and str(args.page) else None
 
     model = multihead.load(args.model)
     split = Split.load(args.split)
@@ -62,12 +65,43 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(near_ood_markdown(report, title=f"## Near out of distribution: {args.model.name}"))
+    block = page_block(result, report, args.json.relative_to(REPO) if args.json.is_relative_to(REPO) else args.json)
+    print(block)
+    if args.page is not None:
+        text = args.page.read_text()
+        start, end = text.index(START), text.index(END)
+        args.page.write_text(text[:text.index("\n", start) + 1] + block + text[end:])
+        print(f"wrote {args.json} and the block of {args.page}")
+
+
+START, END = "<!-- near-ood:start", "<!-- near-ood:end -->"
+TARGETS = (  # issue 35: group(s), what is counted, the most it may be
+    (("natural_photo", "mouth_photo", "skin_dermoscopy", "cervical_other"), "organ_claimed", 0.05),
+    (("brain_notumor", "kidney_cyst_stone"), "subtype_claimed", 0.10),
+)
+
+
+def page_block(result: dict, report: dict, source: Path) -> str:
+    """The trust page's table and the verdict on issue 35's targets, from one measurement."""
     held = result["held_out"]
-    print(f"held-out test images: {held['n']}, answered with a subtype {100 * held['answered_with_subtype']:.1f} % "
-          f"({100 * held['accuracy_answered']:.2f} % of them right), organ only {100 * held['organ_only']:.1f} %, "
-          f"uncertain {100 * held['uncertain']:.1f} % (flagged {100 * held['flagged']:.1f} %); ECE {held['ece']:.4f}")
-    print(f"wrote {args.json}")
+    machine = result["machine"]
+    lines = [near_ood_markdown(report, title=f"### {result['model']['file']} (`{source}`)").strip("\n"), "",
+             f"On the {held['n']} test images: {100 * held['answered_with_subtype']:.1f} % answered with a subtype "
+             f"({100 * held['accuracy_answered']:.2f} % of them right), {100 * held['organ_only']:.1f} % the organ "
+             f"only, {100 * held['uncertain']:.1f} % `uncertain` ({100 * held['flagged']:.1f} % flagged out of "
+             f"distribution); expected calibration error {held['ece']:.3f}.", "",
+             "| target (issue 35) | measured | |", "|---|---|---|"]
+    for groups, key, most in TARGETS:
+        for group in groups:
+            value = result["groups"][group][key] if group in result["groups"] else None
+            verdict = "not measured" if value is None else "met" if value <= most else "**not met**"
+            shown = "n/a" if value is None else f"{100 * value:.1f} %"
+            lines.append(f"| {group}: {key.replace('_', ' ')} <= {100 * most:.0f} % | {shown} | {verdict} |")
+    lines += [f"| test images flagged out of distribution <= 2 % | {100 * held['flagged']:.1f} % | "
+              f"{'met' if held['flagged'] <= 0.02 else '**not met**'} |",
+              f"| ECE <= 0.03 | {held['ece']:.3f} | {'met' if held['ece'] <= 0.03 else '**not met**'} |", "",
+              f"Measured on {machine['cpu_model']} ({machine['torch_threads']} threads), {result['date']}.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,10 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
     if metadata.get("available_organs"):
         console.print(f"answers only: {_shown(', '.join(metadata['available_organs']))}", highlight=False)
     if "training" in metadata:
-        config = json.dumps(metadata["training"].get("config") or {}, default=str)
+        settings = metadata["training"].get("config") or {}
+        if settings.get("tune_from", "none") == "none":  # a frozen trunk: the tuning settings were never used
+            settings = {k: v for k, v in settings.items() if not k.startswith("tune_") or k == "tune_from"}
+        config = json.dumps(settings, default=str)
         console.print(f"training: {_shown(config)}", highlight=False, soft_wrap=True)
     if metadata.get("metrics"):
         scores = Table("split", "images", "router accuracy", "subtype accuracy (end to end)", title="metrics")
@@ -133,5 +136,8 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result, default=float))
     err_console.print(f"wrote {len(written)} files to {report}")
-    if failures:
+    skipped = [reason for _, reason in (result.get("ood") or {}).get("skipped", [])]
+    for reason in skipped:  # the reason names the file
+        err_console.print(f"  skipped: {_shown(reason)}", highlight=False, soft_wrap=True)
+    if failures or skipped:
         raise typer.Exit(EXIT_PARTIAL)

@@ -115,6 +115,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..model.checkpoint import save
+    from ..model.trunk import WeightsUnavailableError
     from ..training.config import PRESETS
     from ..training.pipeline import save_split_next_to, train_from_folder
 
@@ -162,12 +163,16 @@ def train(
                 err_console.print(f"{record['part']} epoch {record['epoch']}: train loss {cells[0]}, val acc "
                                   f"{cells[5] or '-'} {best}".rstrip(), highlight=False, soft_wrap=True)
 
-        result = train_from_folder(
-            data_dir, config=config, trunk=trunk, trunk_weights=weights,
-            taxonomy="from-folders" if taxonomy == "from-folders" else None, split=split, cache_dir=cache_dir,
-            device=device, on_stage=lambda text: err_console.print(text, highlight=False, soft_wrap=True),
-            on_progress=on_progress, on_epoch=on_epoch)
-    console.print(epochs_table)
+        try:
+            result = train_from_folder(
+                data_dir, config=config, trunk=trunk, trunk_weights=weights,
+                taxonomy="from-folders" if taxonomy == "from-folders" else None, split=split, cache_dir=cache_dir,
+                device=device, on_stage=lambda text: err_console.print(text, highlight=False, soft_wrap=True),
+                on_progress=on_progress, on_epoch=on_epoch)
+        except WeightsUnavailableError as err:  # the library's advice names its Python argument: say the option
+            raise WeightsUnavailableError(str(err).replace("trunk_weights=", "--trunk-weights ")) from None
+    if not plain:  # piped, each epoch was printed as it ended: the table would say it all again
+        console.print(epochs_table)
     if result.failures:
         err_console.print(f"skipped {len(result.failures)} unreadable files:")
         for relpath, reason in result.failures:
