@@ -11,6 +11,8 @@ import multihead
 from multihead.cli import app
 from multihead.evaluation.metrics import EvaluationData, metrics_report
 
+from .conftest import assert_handled_exit
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
 
@@ -57,3 +59,30 @@ def test_a_subtype_without_images_has_no_scores_not_zeros():
     report = metrics_report(taxonomy, data, n_resamples=10)
     assert report["subtypes"]["lymph_cll"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}
     assert report["subtypes"]["lymph_fl"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+
+
+def test_each_training_setting_is_declared_once_and_the_command_line_is_made_from_it(tmp_path):
+    """TrainConfig's declarations give the checks, the options of `multihead train` and their help (issue 39)."""
+    import inspect
+
+    from multihead.cli.training import train
+    from multihead.training.config import TrainConfig, option_specs
+
+    parameters = inspect.signature(train).parameters
+    declared = option_specs()
+    assert [spec.name for spec in declared] == [name for name in parameters if name in {s.name for s in declared}]
+    assert "weight_decay" not in parameters and "tune_label_smoothing" not in parameters  # kept to Python
+    for spec in declared:
+        assert spec.help and spec.help in str(parameters[spec.name].annotation.__metadata__[0].help)
+    for changes, message in [({"epochs": 1.5}, "epochs must be an integer, got 1.5"),
+                             ({"abstain": "yes"}, "abstain must be True or False, got 'yes'"),
+                             ({"views": "sideways"}, "views must be one of 'identity', 'dihedral', 'augmented'"),
+                             ({"target_accuracy": 0.0}, r"target_accuracy must be in \(0, 1\], got 0.0"),
+                             ({"lr": -1.0}, "lr must be positive, got -1.0"),
+                             ({"image_size": 4}, "image_size must be at least 8, got 4")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**changes)
+    assert TrainConfig(image_size=None, tune_patience=None).image_size is None  # the two that may be unset
+    result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "m.safetensors"),
+                                 "--views", "sideways"])
+    assert_handled_exit(result, 2, "'sideways' is not one of identity, dihedral, augmented")

@@ -419,7 +419,7 @@ def test_adapted_batchnorm_warms_the_heads_up_again(tiny_data, tmp_path, monkeyp
     assert parts.index(next(p for p in parts if p.startswith("adapted"))) < parts.index(
         next(p for p in parts if p.startswith("tune")))
     assert result.model.trunk.tuned_from == "layer4"
-    with pytest.raises(ValueError, match="tune_batchnorm must be 'train', 'frozen' or 'adapted'"):
+    with pytest.raises(ValueError, match="tune_batchnorm must be one of 'train', 'frozen', 'adapted'"):
         TrainConfig(tune_from="layer4", tune_batchnorm="recomputed")
 
 

@@ -3,6 +3,8 @@ when piped."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,70 +42,23 @@ def _plain_progress(every_s: float = 5.0) -> Callable[[str, int, int], None]:
 
     return line
 
-@_library_errors
-def train(
+def _train(
     data_dir: Annotated[list[Path], typer.Argument(
         help="Folders of <organ>/<subtype>/<image> files; several are trained on as their union.", exists=True,
         file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
     trunk: Annotated[str, typer.Option(help="torchvision or timm model name.")] = "resnet18",
     trunk_weights: Annotated[str, typer.Option(help="imagenet, none, a weights id, or a local file.")] = "imagenet",
-    preset: Annotated[str, typer.Option(help="default (best measured) or paper (Adam 1e-3, batch 32, 4 epochs).")
-                      ] = "default",
-    method: Annotated[str | None, typer.Option(callback=_one_of("multihead", "per-organ", "flat"),
-                                               help="multihead, per-organ (the paper) or flat (26-way).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1)] = None,
-    lr: Annotated[float | None, typer.Option(min=0.0)] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    views: Annotated[str | None, typer.Option(
-        help="identity, dihedral (cached flip/rotation views), or augmented (online: the paper's rotation, "
-             "flips and scaling through the trunk, a fresh view per epoch).")] = None,
-    image_size: Annotated[int | None, typer.Option(min=8, help="Input side in pixels.")] = None,
-    stages: Annotated[str | None, typer.Option(
-        help="Earlier trunk stages whose pooled outputs join the features: auto (the default preset), none, "
-             "or module names joined by commas (features.13,features.16).")] = None,
+    preset: Annotated[str, typer.Option(help="default (best measured) or paper (Adam 1e-3, batch 32, 4 epochs); "
+                                             "the options below change it.")] = "default",
     split: Annotated[Path | None, typer.Option(help="Reuse a split file (JSON).", exists=True, dir_okay=False)
                      ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
     taxonomy: Annotated[str, typer.Option(help="multi-cancer, or from-folders to define it from the folders.")
                         ] = "multi-cancer",
-    target_accuracy: Annotated[float | None, typer.Option(
-        min=0.5, max=1.0, help="Accuracy asked of the answers kept in full (default 0.99), certified at 95% "
-                               "confidence when the validation split is large enough, else by plain validation "
-                               "accuracy (docs/trust.md).")] = None,
-    no_abstain: Annotated[bool, typer.Option("--no-abstain", help="Keep every answer (thresholds 0); images "
-                                                                  "out of distribution are still flagged.")] = False,
-    min_covered_images: Annotated[int | None, typer.Option(
-        min=1, help="Training images an organ needs to be claimed (default 50); answers naming an organ with "
-                    "fewer are 'uncertain'.")] = None,
-    tune_from: Annotated[str | None, typer.Option(
-        help="Tune the shared trunk's top jointly with the heads: none (frozen, the default), auto (the last "
-             "stages: MobileNetV2 features.14, ResNet layer4), a module name to tune from, or stem (the whole "
-             "trunk; best on a GPU). Below it the trunk stays frozen and its maps are cached.")] = None,
-    tune_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of tuning (after the heads' warm-up).")
-                           ] = None,
-    tune_patience: Annotated[int | None, typer.Option(
-        min=1, help="Stop tuning after this many epochs without a better one (default: every epoch runs; the "
-                    "best on validation is kept either way).")] = None,
-    tune_lr: Annotated[float | None, typer.Option(min=0.0, help="AdamW learning rate of the tuned stages.")] = None,
-    tune_head_lr: Annotated[float | None, typer.Option(
-        min=0.0, help="AdamW learning rate of the router and heads while the stages are tuned.")] = None,
-    tune_batchnorm: Annotated[str | None, typer.Option(
-        callback=_one_of("train", "frozen", "adapted"),
-        help="BatchNorm of the tuned stages: train (batch statistics while tuning, the default), frozen "
-             "(ImageNet's statistics), or adapted (first re-estimated on the training maps and the heads warmed "
-             "up again, then as train; docs/training.md).")] = None,
-    tune_views: Annotated[str | None, typer.Option(
-        callback=_one_of("none", "flips", "dihedral"),
-        help="Views of the cached maps while tuning: none, flips (the default) or dihedral (flips and "
-             "90-degree rotations).")] = None,
-    tune_precision: Annotated[str | None, typer.Option(
-        callback=_one_of("auto", "fp32", "bf16"),
-        help="Arithmetic of the tuning steps: auto (the default: bf16 where the device computes it in hardware, "
-             "CUDA or a CPU with AVX-512 BF16 or AMX; fp32 elsewhere), fp32 or bf16. Evaluation stays fp32.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N: where to train (tuning is what a GPU speeds up).")
                       ] = "cpu",
+    **settings: Any,
 ) -> None:
     """Train the router and heads on cached features of a frozen trunk (or, with --tune-from, the trunk's top
     stages with them); writes the checkpoint and its split.
@@ -121,14 +76,10 @@ def train(
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if "abstain" in settings:  # the flag --no-abstain: set means False, unset leaves the preset's
+        settings["abstain"] = False if settings["abstain"] else None
     try:  # options that cannot go together are a wrong command line (exit 2), like an unknown option
-        config = PRESETS[preset].override(method=method, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                          views=views, image_size=image_size, stages=stages,
-                                          target_accuracy=target_accuracy, abstain=False if no_abstain else None,
-                                          min_covered_images=min_covered_images,
-                                          tune_from=tune_from, tune_epochs=tune_epochs, tune_patience=tune_patience,
-                                          tune_lr=tune_lr, tune_head_lr=tune_head_lr, tune_batchnorm=tune_batchnorm,
-                                          tune_views=tune_views, tune_precision=tune_precision)
+        config = PRESETS[preset].override(**settings)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     weights = None if trunk_weights.lower() == "none" else trunk_weights
@@ -182,3 +133,49 @@ def train(
     metrics = result.model.metadata["metrics"]
     console.print(f"wrote {out} and {split_path}; " + ", ".join(
         f"{name} accuracy {m['accuracy']:.3f}" for name, m in metrics.items()))
+
+
+def _setting_options() -> list[inspect.Parameter]:
+    """One option per setting of :class:`~multihead.training.config.TrainConfig` that the command line offers, from
+    its declaration: ``--name`` (``--no-abstain`` for the one flag), its help, its choices or bounds; unset, the
+    preset's value stands."""
+    from ..training.config import option_specs
+
+    parameters = []
+    for spec in option_specs():
+        if spec.type is bool:  # abstain: on by default, so the option turns it off
+            option = typer.Option(f"--no-{spec.name.replace('_', '-')}", help=spec.help)
+            annotation, default = Annotated[bool, option], False
+        else:
+            extra: dict[str, Any] = {"help": spec.help}
+            if spec.choices:
+                extra["callback"] = _one_of(*spec.choices)
+            if spec.type is not str and spec.low is not None:
+                extra["min"] = spec.low
+            if spec.type is not str and spec.high is not None:
+                extra["max"] = spec.high
+            annotation, default = Annotated[spec.type | None, typer.Option(**extra)], None  # type: ignore[operator]
+        parameters.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotation))
+    return parameters
+
+
+def _with_settings(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with the settings' options in its signature, so that typer (and docs/gen_cli.py) sees them."""
+    fixed = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+             if p.kind != inspect.Parameter.VAR_KEYWORD]
+    signature = inspect.Signature([*fixed, *_setting_options()])
+
+    @_library_errors
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        command(**kwargs)
+
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    del wrapper.__wrapped__  # typer must read the signature above, not _train's
+    wrapper.__name__ = "train"
+    return wrapper
+
+
+train = _with_settings(_train)

@@ -1,14 +1,28 @@
-"""Training settings: one frozen dataclass, stored in every checkpoint, and the named presets."""
+"""Training settings: one frozen dataclass, stored in every checkpoint, and the named presets.
+
+Each setting is declared once, here: its default, its help text, its allowed values or bounds. The checks in
+``TrainConfig.__post_init__`` and the options of ``multihead train`` (:func:`multihead.cli.training.train`) are made
+from these declarations (:func:`option_specs`); only the checks between settings are written by hand.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
 
-__all__ = ["METHODS", "PRESETS", "TrainConfig"]
+__all__ = ["METHODS", "PRESETS", "OptionSpec", "TrainConfig", "option_specs"]
 
 METHODS = ("multihead", "per-organ", "flat")
 """``multihead``: router and all heads on the joint loss; ``per-organ``: the paper's separately trained heads;
 ``flat``: one 26-way softmax."""
+
+
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] = (), low: float | None = None,
+             high: float | None = None, positive: bool = False, cli: bool = True) -> Any:
+    """A field with its one declaration: ``help`` for ``--help`` and the docs, ``choices`` or bounds (``low`` and
+    ``high`` inclusive, ``positive`` exclusive of 0) for the checks, ``cli=False`` for settings kept to Python."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
+                                            "positive": positive, "cli": cli})
 
 
 @dataclass(frozen=True)
@@ -16,79 +30,73 @@ class TrainConfig:
     """Everything that decides how the heads are trained; stored in the checkpoint."""
 
     # what
-    method: str = "multihead"
+    method: str = _setting("multihead", "multihead, per-organ (the paper) or flat (26-way).", choices=METHODS)
     # optimisation (Adam)
-    epochs: int = 30
-    lr: float = 1e-3
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    class_weighting: bool = True
-    seed: int = 0
-    # data: "identity" trains on the image as it is; "dihedral" on a random cached flip/90-degree view each
-    # step; "augmented" is the online mode: the paper's rotation/flip/scaling through the trunk, a fresh
-    # view of every image for every epoch (multihead.features.augmented_features).
-    views: str = "identity"
+    epochs: int = _setting(30, "Epochs of head training.", low=1)
+    lr: float = _setting(1e-3, "Adam learning rate of the heads.", positive=True)
+    batch_size: int = _setting(32, "Images per training step.", low=1)
+    weight_decay: float = _setting(1e-4, "Adam weight decay.", low=0.0, cli=False)
+    class_weighting: bool = _setting(True, "Weight every subtype alike (inverse frequency).", cli=False)
+    seed: int = _setting(0, "Seed of the split, the heads' initialisation and the batches.")
+    views: str = _setting(
+        "identity", "identity, dihedral (cached flip/rotation views, a random one each step), or augmented "
+        "(online: the paper's rotation, flips and scaling through the trunk, a fresh view per epoch).",
+        choices=("identity", "dihedral", "augmented"))
     # 640 px beat 448, 560 and 768 on the held-out images of four splits of the shared sample (448 had beaten
     # 224), at about twice the trunk's work of 448 (docs/accuracy.md, "Input size"); None: the trunk's size.
-    image_size: int | None = 640
-    # features: the trunk's pooled output, plus average-pooled earlier stages ("auto": the end of every stage
-    # but the last, multihead.model.trunk.AUTO_STAGES; "none"; or module names joined by commas). Standardising
-    # them for training (folded into the heads afterwards, so inference is unchanged) lets Adam treat
-    # stages of very different scales alike. Both chosen on validation accuracy (docs/accuracy.md).
-    stages: str = "auto"
-    standardize: bool = True
+    image_size: int | None = _setting(640, "Input side in pixels (default 640; the trunk's own when unset).", low=8)
+    # pooled earlier stages beside the output, standardised for training (folded into the heads afterwards, so
+    # inference is unchanged): both chosen on validation accuracy (docs/accuracy.md)
+    stages: str = _setting(
+        "auto", "Earlier trunk stages whose pooled outputs join the features: auto (the end of every stage but the "
+        "last), none, or module names joined by commas (features.13,features.16).")
+    standardize: bool = _setting(True, "Standardise the features while training the heads.", cli=False)
     # probabilities: temperature scaling on the validation split after training (changes no prediction)
-    calibrate: bool = True
-    # trust: the accuracy asked of the answers kept in full, at 95 % confidence where the validation split is
-    # large enough to certify it, by plain validation accuracy where not (multihead.model.thresholds);
-    # abstain=False keeps every answer (thresholds 0; out-of-distribution images are still flagged)
-    target_accuracy: float = 0.99
-    abstain: bool = True
-    # coverage: an organ with fewer training images than this is not claimed (answers naming it are "uncertain";
-    # multihead.training.posthoc.MIN_COVERED_IMAGES says why 50)
-    min_covered_images: int = 50
-    # tuning the top of the shared trunk (multihead.training.tune): "none" keeps the trunk frozen (the design's
-    # default and the paper's); "auto" tunes the last stages (multihead.model.trunk_split.AUTO_TUNE_FROM);
-    # a module name ("layer4", "features.14") tunes it and everything after it; "stem" the whole trunk.
-    # Heads are warmed up first by the settings above, then stages and heads are trained together.
-    tune_from: str = "none"
-    tune_epochs: int = 8
-    tune_lr: float = 1e-4
-    tune_head_lr: float = 1e-4
-    tune_batchnorm: str = "train"
-    tune_views: str = "flips"
-    # None: every tuning epoch runs (the cosine decay reaches its end) and validation keeps the best one; an int
-    # stops after that many epochs without a better one among the tuning epochs. Every run first dips below the
-    # warmed-up frozen top (docs/training.md): counted against it, patience 3 would have stopped 29 of the 40
-    # runs of docs/accuracy/tuning.jsonl at epoch 3 with the frozen top kept; counted as now, it still cuts 6 of
-    # them short of the epoch validation keeps when every epoch runs.
-    tune_patience: int | None = None
-    # arithmetic of the tuning steps (forward and backward through the top; the heads, the loss and every
-    # evaluation stay fp32): "bf16" autocast, "fp32", or "auto": bf16 where the device computes it in hardware
-    # (CUDA; CPUs with AVX-512 BF16 or AMX, multihead._precision.native_bf16), fp32 elsewhere
-    tune_precision: str = "auto"
-    # label smoothing of the tuning loss: this share of each image's target spread evenly over the 26 subtypes
-    # (0.1 lowered organ-balanced validation accuracy on two seeds, docs/training.md, so 0 it stays)
-    tune_label_smoothing: float = 0.0
+    calibrate: bool = _setting(True, "Temperature scaling on the validation split.", cli=False)
+    # trust (multihead.model.thresholds, multihead.training.posthoc; docs/trust.md)
+    target_accuracy: float = _setting(
+        0.99, "Accuracy asked of the answers kept in full, per organ, certified at 95% confidence where the "
+        "validation split allows a bound, else by plain validation accuracy (docs/trust.md).", positive=True,
+        high=1.0)
+    abstain: bool = _setting(True, "Withhold unsure answers (thresholds fitted on validation); --no-abstain keeps "
+                                   "every answer: thresholds 0, only images out of distribution or of an organ not "
+                                   "covered are 'uncertain'.")
+    min_covered_images: int = _setting(
+        50, "Training images an organ needs to be claimed; answers naming an organ with fewer are 'uncertain' "
+        "(multihead.training.posthoc.MIN_COVERED_IMAGES says why 50).", low=1)
+    # tuning the top of the shared trunk (multihead.training.tune): the heads are warmed up first by the
+    # settings above, then stages and heads are trained together
+    tune_from: str = _setting(
+        "none", "Tune the shared trunk's top jointly with the heads: none (frozen, the default), auto (the last "
+        "stages: MobileNetV2 features.14, ResNet layer4), a module name to tune from, or stem (the whole trunk; "
+        "best on a GPU). Below it the trunk stays frozen and its maps are cached.")
+    tune_epochs: int = _setting(8, "Epochs of tuning (after the heads' warm-up).", low=1)
+    tune_lr: float = _setting(1e-4, "AdamW learning rate of the tuned stages.", positive=True)
+    tune_head_lr: float = _setting(1e-4, "AdamW learning rate of the router and heads while the stages are tuned.",
+                                   positive=True)
+    tune_batchnorm: str = _setting(
+        "train", "BatchNorm of the tuned stages: train (batch statistics while tuning), frozen (ImageNet's "
+        "statistics), or adapted (first re-estimated on the training maps and the heads warmed up again, then as "
+        "train; docs/training.md).", choices=("train", "frozen", "adapted"))
+    tune_views: str = _setting("flips", "Views of the cached maps while tuning: none, flips or dihedral (flips and "
+                                        "90-degree rotations).", choices=("none", "flips", "dihedral"))
+    # every run first dips below the warmed-up frozen top (docs/training.md): counted against it, patience 3 would
+    # have stopped 29 of the 40 runs of docs/accuracy/tuning.jsonl at epoch 3 with the frozen top kept; counted
+    # among the tuning epochs it still cuts 6 of them short of the epoch validation keeps when every epoch runs
+    tune_patience: int | None = _setting(
+        None, "Stop tuning after this many epochs without a better one (default: every epoch runs; the best on "
+        "validation is kept either way).", low=1)
+    tune_precision: str = _setting(
+        "auto", "Arithmetic of the tuning steps: auto (bf16 where the device computes it in hardware, CUDA or a CPU "
+        "with AVX-512 BF16 or AMX; fp32 elsewhere), fp32 or bf16. Evaluation stays fp32.",
+        choices=("auto", "fp32", "bf16"))
+    # 0.1 lowered organ-balanced validation accuracy on two seeds (docs/training.md), so 0 it stays
+    tune_label_smoothing: float = _setting(0.0, "Share of each tuning target spread over all subtypes, in [0, 1).",
+                                           low=0.0, cli=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
-        if self.views not in ("identity", "dihedral", "augmented"):
-            raise ValueError(f"views must be 'identity', 'dihedral' or 'augmented', got {self.views!r}")
-        if isinstance(self.min_covered_images, bool) or not isinstance(self.min_covered_images, int) or \
-                self.min_covered_images < 1:
-            raise ValueError(f"min_covered_images must be a positive integer, got {self.min_covered_images!r}")
-        for name in ("epochs", "batch_size", "tune_epochs", "tune_patience"):
-            if name == "tune_patience" and self.tune_patience is None:
-                continue
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0.0 < self.target_accuracy <= 1.0:
-            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}")
-        for name in ("lr", "tune_lr", "tune_head_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for spec in option_specs(cli_only=False):
+            _check(spec, getattr(self, spec.name))
         if not isinstance(self.tune_from, str) or not self.tune_from:
             raise ValueError(f"tune_from must be 'none', 'auto', 'stem' or a module name, got {self.tune_from!r}")
         if self.tune_from != "none" and self.method == "per-organ":
@@ -97,14 +105,8 @@ class TrainConfig:
         if self.tune_from != "none" and self.views == "augmented":
             raise ValueError("views='augmented' runs images through the frozen trunk; with tune_from the maps are "
                              "augmented instead (tune_views)")
-        if self.tune_batchnorm not in ("train", "frozen", "adapted"):
-            raise ValueError(f"tune_batchnorm must be 'train', 'frozen' or 'adapted', got {self.tune_batchnorm!r}")
-        if not 0.0 <= self.tune_label_smoothing < 1.0:
+        if not self.tune_label_smoothing < 1.0:
             raise ValueError(f"tune_label_smoothing must be in [0, 1), got {self.tune_label_smoothing!r}")
-        if self.tune_precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"tune_precision must be 'auto', 'fp32' or 'bf16', got {self.tune_precision!r}")
-        if self.tune_views not in ("none", "flips", "dihedral"):
-            raise ValueError(f"tune_views must be 'none', 'flips' or 'dihedral', got {self.tune_views!r}")
         if not isinstance(self.stages, str):
             raise ValueError(f"stages must be 'auto', 'none' or module names joined by commas, got {self.stages!r}")
 
@@ -124,6 +126,61 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}; expected some of {sorted(asdict(self))}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One setting's declaration, as the checks and the command line read it."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...]
+    low: float | None
+    high: float | None
+    positive: bool
+    cli: bool
+    optional: bool
+    """``None`` is allowed (``image_size``, ``tune_patience``)."""
+
+
+def option_specs(*, cli_only: bool = True) -> list[OptionSpec]:
+    """The settings' declarations in field order (those of the command line only, by default)."""
+    specs = []
+    for item in fields(TrainConfig):
+        meta = item.metadata
+        annotation = str(item.type)
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[annotation.split(" ")[0]]
+        spec = OptionSpec(item.name, kind, None if item.default is MISSING else item.default, meta["help"],
+                          meta["choices"], meta["low"], meta["high"], meta["positive"], meta["cli"],
+                          "None" in annotation)
+        if spec.cli or not cli_only:
+            specs.append(spec)
+    return specs
+
+
+def _check(spec: OptionSpec, value: Any) -> None:
+    """One setting against its declaration; the message names it and what it allows."""
+    if value is None and spec.optional:
+        return
+    if spec.type is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{spec.name} must be True or False, got {value!r}")
+        return
+    if spec.type is str:
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f"{spec.name} must be one of {', '.join(repr(c) for c in spec.choices)}, got {value!r}")
+        return
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (spec.type is int and not isinstance(value, int)):
+        kind = "an integer" if spec.type is int else "a number"
+        raise ValueError(f"{spec.name} must be {kind}, got {value!r}")
+    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high) or (
+            spec.positive and not value > 0):
+        bounds = (f"in (0, {spec.high:g}]" if spec.positive and spec.high is not None else "positive" if spec.positive
+                  else f"at least {spec.low:g}" if spec.high is None else f"in [{spec.low:g}, {spec.high:g}]")
+        raise ValueError(f"{spec.name} must be {bounds}, got {value!r}")
 
 
 PRESETS = {
