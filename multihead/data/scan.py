@@ -77,14 +77,6 @@ class DatasetScan:
             counts[record.subtype] += 1
         return counts
 
-    @property
-    def organ_counts(self) -> dict[str, int]:
-        """Images per organ, every organ of the taxonomy included (zeros too)."""
-        counts = dict.fromkeys(self.taxonomy.organ_names, 0)
-        for record in self.records:
-            counts[record.organ] += 1
-        return counts
-
     def describe(self) -> str:
         """The folders read, by name and image count: ``multi-cancer-sample (4907) + multi-cancer-extra (1567)``."""
         return " + ".join(f"{source.name} ({source.images})" for source in self.sources) or str(self.root)

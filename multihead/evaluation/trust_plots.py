@@ -63,11 +63,12 @@ def plot_ood_scores(scores: Mapping[str, Sequence[float]], *, threshold: float |
     for name, v in zip(scores, values):
         ax.hist(v, bins=bins, alpha=0.55, density=True, label=f"{name} ({len(v)})")
     if threshold is not None:
-        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.0f}")
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3g}")
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="squared Mahalanobis distance to the nearest organ", ylabel="density", title=title)
+    ax.set(xlabel="out-of-distribution score (distance to the nearest training image)", ylabel="density",
+           title=title)
     ax.legend(fontsize=8)
     return ax
