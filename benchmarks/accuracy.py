@@ -15,11 +15,11 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import accuracy_sample_extra as sample_extra
 import torch
 
 import multihead
@@ -31,6 +31,9 @@ from multihead.training import PRESETS, TrainConfig
 from multihead.training.pipeline import train_from_folder
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the page's first section lives beside this script
+import accuracy_sample_extra as sample_extra  # noqa: E402
+
 IMAGENET_TRUNK = REPO.parent / "shared" / "weights" / "mobilenet_v2-imagenet-features.safetensors"
 
 # name -> (trunk, trunk weights, preset, overrides). FINAL: the trunk's own pooled features only, as the

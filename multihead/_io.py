@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file in the target's folder, fsynced, then renamed into place.
 
-An interrupted write (a crash, Ctrl-C, a full disk) leaves the old file or the new one, never half of one.
+An interrupted write (a crash, Ctrl-C, a full disk) leaves the old file or the new one, never half of one, and
+the new one has the permissions any file gets (0666 less the umask), whatever the writer did to the temporary one.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600; the file gets the permissions open() would give it
+    os.chmod(tmp, mode)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # again: a writer may have made the file anew (safetensors' save_file makes it 0600)
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
@@ -33,6 +36,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (setting it, even back, races with other
+    threads creating files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

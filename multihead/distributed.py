@@ -169,11 +169,12 @@ def classify_to_jsonl(paths: Iterable[str | os.PathLike], model: ModelInput, out
     resumed, failed = _resume(part, [describe_input(p) for p in mine])
     if resumed < len(mine):
         resolved = shared_model(model)
+        every = config.batch_for(resolved)  # flushed once a batch
         with open(part, "a", encoding="utf-8") as handle:
             for written, result in enumerate(classify_files(mine[resumed:], resolved, config=config), start=1):
                 failed += result.error is not None
                 handle.write(json.dumps(result.to_dict()) + "\n")
-                if written % config.batch_size == 0:
+                if written % every == 0:
                     _sync(handle)
             _sync(handle)
     _barrier(world)

@@ -32,5 +32,6 @@ def write_legacy(model: multihead.MultiHeadModel, path: Path, version: int, *, d
         tensors = {old_name.get(k, k): v for k, v in tensors.items()}
     tensors = {k: v for k, v in tensors.items() if k not in drop}
     heads = {k: v for k, v in tensors.items() if not k.startswith("trunk.")}
+    metadata = {k: v for k, v in metadata.items() if k != "header_sha256"}  # written since issue 36 only
     save_file(tensors, str(path), metadata={**metadata, "format_version": str(version),
                                             "heads_sha256": fingerprint_state_dict(heads)})

@@ -122,7 +122,8 @@ def test_foreign_safetensors_file(tmp_path):
 
 
 def test_referenced_trunk_is_not_embedded(tiny_model, tmp_path, monkeypatch):
-    """A trunk with a published weights id is stored by reference; loading fetches it by that id."""
+    """A trunk with a published weights id is stored by reference; loading reads it by that id from torch's hub
+    cache (never from the network)."""
     trunk = multihead.create_trunk("resnet18", weights=None)
     trunk.weights_id = "ResNet18_Weights.IMAGENET1K_V1"
     model = multihead.create_model(trunk, seed=0)
@@ -130,10 +131,11 @@ def test_referenced_trunk_is_not_embedded(tiny_model, tmp_path, monkeypatch):
     header = read_header(tmp_path / "ref.safetensors")
     assert header["trunk"]["embedded"] is False
     assert not any(k.startswith("trunk.") for k in header["keys"])
-    # Loading resolves the id through torchvision; hand it this trunk's weights in place of a download.
-    monkeypatch.setattr("torchvision.models.ResNet18_Weights.get_state_dict",
-                        lambda self, **kw: {**trunk.network.state_dict(), "fc.weight": torch.zeros(1000, 512),
-                                            "fc.bias": torch.zeros(1000)})
+    # Loading resolves the id through torchvision to the file torch's hub cache holds: put this trunk's weights there.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    (tmp_path / "torch-home" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save({**trunk.network.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
+               tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     loaded = multihead.load(tmp_path / "ref.safetensors")
     assert loaded.trunk.fingerprint == trunk.fingerprint
 

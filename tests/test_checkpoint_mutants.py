@@ -174,49 +174,47 @@ def test_a_random_trunk_stored_by_reference_does_not_come_back_with_other_weight
 # --- referenced trunks ----------------------------------------------------------------------------------
 
 def test_a_referenced_trunk_is_fetched_by_its_own_weights_id(tmp_path, monkeypatch):
-    """MobileNetV2's IMAGENET1K_V1, not its default (V2): the id in the file is the one fetched."""
+    """MobileNetV2's IMAGENET1K_V1, not its default (V2): the id in the file is the one read, from torch's hub cache
+    (loading never downloads)."""
     trunk = multihead.create_trunk("mobilenet_v2", weights=None)
     trunk.weights_id = "MobileNet_V2_Weights.IMAGENET1K_V1"
     model = multihead.create_model(trunk, image_size=64, seed=0).eval()
     multihead.save(model, tmp_path / "ref.safetensors")
     full = {**trunk.network.state_dict(), "classifier.1.weight": torch.zeros(1000, 1280),
             "classifier.1.bias": torch.zeros(1000)}
-    fetched = []
-
-    def get_state_dict(self, **kwargs):
-        fetched.append(str(self))
-        if self.name != "IMAGENET1K_V1":
-            raise OSError(f"{self} is not in this test's cache")
-        return full
-
-    monkeypatch.setattr("torchvision.models.MobileNet_V2_Weights.get_state_dict", get_state_dict)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(full, cache / "mobilenet_v2-b0353104.pth")  # IMAGENET1K_V1's file; V2's is not there
     loaded = multihead.load(tmp_path / "ref.safetensors")
-    assert fetched == ["MobileNet_V2_Weights.IMAGENET1K_V1"]
     assert loaded.trunk.fingerprint == trunk.fingerprint
     _assert_same_model(model, loaded)
 
 
 def test_a_referenced_timm_trunk_is_fetched_as_timms_pretrained_weights(tmp_path, monkeypatch):
-    """timm trunks are referenced as ``timm/<hub id>`` and come back through timm's own pretrained weights."""
+    """timm trunks are referenced as ``timm/<hub id>`` and come back through timm's own pretrained weights, read
+    from the Hugging Face cache (loading never downloads)."""
+    import huggingface_hub
     import timm
+    from safetensors.torch import save_file
 
     trunk = multihead.create_trunk("test_resnet", weights=None)
     trunk.weights_id = "timm/test_resnet.r160_in1k"
     model = multihead.create_model(trunk, image_size=64, seed=0).eval()
     multihead.save(model, tmp_path / "timm.safetensors")
     assert read_header(tmp_path / "timm.safetensors")["trunk"]["source"] == "timm"
-    create_model, calls = timm.create_model, []
+    full = timm.create_model("test_resnet", pretrained=False)  # as published: with its classifier
+    full.load_state_dict(trunk.network.state_dict(), strict=False)
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    asked = []
 
-    def cached_create_model(name, *, pretrained=False, **kwargs):  # timm's cache holding these weights
-        calls.append((name, pretrained))
-        network = create_model(name, pretrained=False, **kwargs)
-        if pretrained:
-            network.load_state_dict(trunk.network.state_dict())
-        return network
+    def in_cache(repo_id, filename, **kwargs):  # the Hugging Face cache holding these weights
+        asked.append((repo_id, filename))
+        return str(tmp_path / "model.safetensors") if filename == "model.safetensors" else None
 
-    monkeypatch.setattr(timm, "create_model", cached_create_model)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", in_cache)
     loaded = multihead.load(tmp_path / "timm.safetensors")
-    assert ("test_resnet", True) in calls
+    assert ("timm/test_resnet.r160_in1k", "model.safetensors") in asked
     assert loaded.trunk.fingerprint == trunk.fingerprint
     _assert_same_model(model, loaded)
 

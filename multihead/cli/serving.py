@@ -27,11 +27,15 @@ def serve(
                          ] = None,
     batch_wait_ms: Annotated[float, typer.Option(min=0.0, max=1000.0, help="How long the first image of a batch "
                                                                            "waits for others.")] = 5.0,
+    allow_origin: Annotated[list[str] | None, typer.Option(
+        "--allow-origin", help="An origin (https://app.example) whose pages may POST to the server; repeat for "
+                               "several. POSTs from other sites' pages get 403.")] = None,
 ) -> None:
     """Web page and HTTP API: upload images, see organ, subtype, probabilities and Grad-CAM (docs/serve.md)."""
     from ..serve import ServeSettings, run_server
 
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                             max_queue=max(ServeSettings.max_queue, max_batch or 0))
+                             max_queue=max(ServeSettings.max_queue, max_batch or 0),
+                             allowed_origins=tuple(allow_origin or ()))
     run_server(model, host=host, port=port, device=device, settings=settings)  # MissingExtraError: a RuntimeError

@@ -3,7 +3,9 @@
 Every failure raises :class:`ImageError` (a ``ValueError``) naming the file or input and the problem, so
 callers never see a traceback from deep inside Pillow or torch. Files are opened only with the decoders of
 the formats in :data:`IMAGE_EXTENSIONS` (never, say, Pillow's EPS plugin, which runs Ghostscript), and an
-image larger than ``max_pixels`` is refused from its header, before any pixel is decoded.
+image larger than ``max_pixels``, with a side longer than :data:`MAX_SIDE` or (a progressive JPEG) more scans than
+:data:`MAX_JPEG_SCANS` is refused from its header, before any pixel is decoded. A server can also give decoding a
+time limit and stop it when its client goes away (:func:`finish_decoding`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import errno
 import io
 import os
 import stat
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +31,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "MAX_JPEG_SCANS",
+    "MAX_SIDE",
     "ImageError",
     "ImageInput",
     "check_is_file",
@@ -34,8 +40,10 @@ __all__ = [
     "describe_input",
     "finish_decoding",
     "is_path",
+    "is_progressive_jpeg",
     "open_image",
     "pil_to_rgb",
+    "pixels_to_decode",
     "read_image",
     "to_rgb_tensor",
 ]
@@ -45,6 +53,14 @@ ImageInput = str | bytes | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
 """The Pillow decoders files are opened with; the JPEG one also reads multi-picture (MPO) JPEGs."""
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x 89.5 Mpx)
+MAX_SIDE = 65_535
+"""Longest side an image may have (JPEG's own limit). A 1x39,999,999 PNG is 78 KB and within a pixel limit, but
+no slide is that thin, and resizing such a strip to a square is what blows up (issue 36)."""
+MAX_JPEG_SCANS = 100
+"""Most scans a progressive JPEG may have (encoders write about 10). Each scan is decoded over every block of the
+whole image, so a 600 KB file repeating one tiny scan 3,000 times kept a decoder busy for minutes (issue 36)."""
+_SOS = b"\xff\xda"  # a JPEG's start-of-scan marker (entropy-coded data never holds it: 0xFF is followed by 0x00)
+_SCAN_BLOCK = 1 << 20
 
 
 class ImageError(ValueError):
@@ -102,7 +118,8 @@ def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFA
             ``None`` lifts this limit (Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` still applies).
 
     Raises:
-        ImageError: the file is missing, unreadable, not an image, truncated, or larger than ``max_pixels``.
+        ImageError: the file is missing, unreadable, not an image, truncated, larger than ``max_pixels``, with a
+            side longer than :data:`MAX_SIDE`, or a progressive JPEG of more than :data:`MAX_JPEG_SCANS` scans.
 
     Example:
         >>> read_image("slide.png", max_pixels=50_000_000).mode  # doctest: +SKIP
@@ -141,7 +158,7 @@ def open_image(data: bytes, *, name: str = "image", max_pixels: int | None = DEF
 
     With ``reduce_to``, JPEGs are set to decode at 1/2, 1/4 or 1/8 scale (Pillow's ``draft``), keeping at
     least ``2 * reduce_to`` pixels a side, so a 6300x6300 JPEG costs a 64th of its pixels; other formats
-    decode at full size. A server charges that size against its budget before decoding.
+    decode at full size. A server charges :func:`pixels_to_decode` against its budget before decoding.
 
     Raises:
         ImageError: as :func:`decode_image`.
@@ -152,18 +169,31 @@ def open_image(data: bytes, *, name: str = "image", max_pixels: int | None = DEF
         raise ImageError(f"{name}: is empty (0 bytes)")
     with _decoding_errors(name), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = _open_checked(io.BytesIO(data), name, max_pixels)
+        image = _open_checked(io.BytesIO(data), name, max_pixels, data)
         if reduce_to is not None and image.format == "JPEG":
             image.draft("RGB", (2 * reduce_to, 2 * reduce_to))
         return image
 
 
-def finish_decoding(image: Image.Image, *, name: str = "image", reduce_to: int | None = None) -> Image.Image:
+def finish_decoding(image: Image.Image, *, name: str = "image", reduce_to: int | None = None,
+                    time_limit: float | None = None, started: float | None = None,
+                    stop: threading.Event | None = None) -> Image.Image:
     """Decode an image from :func:`open_image` to RGB; with ``reduce_to``, box-reduce it by a whole factor
-    (never below ``2 * reduce_to`` a side) and let the full-size pixels go at once."""
+    (never below ``2 * reduce_to`` a side) and let the full-size pixels go at once.
+
+    Args:
+        time_limit: give up (:class:`ImageError`) when decoding is still running this many seconds after
+            ``started`` (a ``time.monotonic()`` value; default: now).
+        stop: once set (the client went away), decoding stops with an :class:`ImageError` nobody needs to read.
+
+    Both are checked each time the decoder asks for more of the file; a progressive JPEG is fed one scan at a
+    time, so a file of many scans cannot run on unchecked.
+    """
     with _decoding_errors(name), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image.seek(0)
+        if time_limit is not None or stop is not None:
+            _check_while_reading(image, name, time_limit, time.monotonic() if started is None else started, stop)
         image.load()
         if reduce_to is not None:
             factor = min(image.width, image.height) // (2 * reduce_to)
@@ -172,6 +202,44 @@ def finish_decoding(image: Image.Image, *, name: str = "image", reduce_to: int |
                     image = pil_to_rgb(image, source=name)
                 image = image.reduce(factor)  # the full-size image is released when this function returns
         return pil_to_rgb(image, source=name)
+
+
+def is_progressive_jpeg(image: Image.Image) -> bool:
+    """Whether ``image`` (opened, not yet decoded) is a progressive JPEG: decoded scan by scan over the whole image."""
+    return image.format in ("JPEG", "MPO") and bool(image.info.get("progressive"))
+
+
+def pixels_to_decode(image: Image.Image) -> int:
+    """The pixels decoding ``image`` (from :func:`open_image`) holds: its size, at the reduced scale a JPEG is set
+    to, except for a progressive JPEG, whose coefficients are kept at full size whatever the scale it is drawn at."""
+    scale = 1
+    if is_progressive_jpeg(image) and getattr(image, "decoderconfig", None):
+        scale = int(image.decoderconfig[0]) or 1
+    return image.width * scale * image.height * scale
+
+
+def _check_while_reading(image: Image.Image, name: str, time_limit: float | None, started: float,
+                         stop: threading.Event | None) -> None:
+    """Make ``image.load()`` check ``stop`` and the time limit before each piece of the file it reads."""
+    read = getattr(image, "load_read", None) or image.fp.read
+    handle = image.fp
+    data = handle.getvalue() if is_progressive_jpeg(image) and isinstance(handle, io.BytesIO) else None
+    deadline = None if time_limit is None else started + time_limit
+
+    def checked_read(size: int) -> bytes:
+        if stop is not None and stop.is_set():
+            raise ImageError(f"{name}: decoding stopped: the request was abandoned")
+        if deadline is not None and time.monotonic() > deadline:
+            raise ImageError(f"{name}: not decoded within the {time_limit:g} s allowed; the file takes too long to "
+                             "decode (a progressive JPEG of many scans?)")
+        if data is not None:  # up to the next scan only: each decoder call then decodes at most one scan
+            position = handle.tell()
+            following = data.find(_SOS, position + 2, position + size)
+            if following > 0:
+                size = following - position
+        return read(size)
+
+    image.load_read = checked_read  # ImageFile.load reads through load_read when an image has one
 
 
 _REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
@@ -188,14 +256,37 @@ def _decode(handle: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
         return pil_to_rgb(image, source=name)
 
 
-def _open_checked(handle: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+def _open_checked(handle: BinaryIO, name: str, max_pixels: int | None, data: bytes | None = None) -> Image.Image:
     image = Image.open(handle, formats=IMAGE_FORMATS)
-    if max_pixels is not None and image.width * image.height > max_pixels:
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
-            f"{name}: {image.width}x{image.height} pixels is more than the limit of {max_pixels:,}; "
+            f"{name}: {width}x{height} pixels is more than the limit of {max_pixels:,}; "
             "raise max_pixels if the file is trusted"
         )
+    if max(width, height) > MAX_SIDE:
+        raise ImageError(f"{name}: {width}x{height} pixels has a side longer than {MAX_SIDE:,} pixels, too thin a "
+                         "strip to resize; cut it into tiles")
+    if is_progressive_jpeg(image):
+        scans = data.count(_SOS) if data is not None else _count_scans(handle)
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(f"{name}: a progressive JPEG of {scans:,} scans, more than the limit of {MAX_JPEG_SCANS} "
+                             "(encoders write about 10; each scan is decoded over the whole image)")
     return image
+
+
+def _count_scans(handle: BinaryIO) -> int:
+    """Start-of-scan markers in a file, read a block at a time (a marker may straddle two blocks)."""
+    position = handle.tell()
+    handle.seek(0)
+    count, previous = 0, b""
+    try:
+        while block := handle.read(_SCAN_BLOCK):
+            count += (previous[-1:] + block).count(_SOS)
+            previous = block
+    finally:
+        handle.seek(position)
+    return count
 
 
 @contextmanager

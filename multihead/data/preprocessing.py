@@ -7,6 +7,7 @@ normalisation runs where the model runs.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -32,6 +33,9 @@ class Preprocessing:
         mean: per-channel mean for normalisation, from the trunk's weights.
         std: per-channel standard deviation, from the trunk's weights.
         interpolation: ``"bilinear"`` or ``"bicubic"`` (antialiased).
+        crop_pct: the share of the resized image kept, as timm's pretrained configs say it: below 1 the image is
+            first resized to ``image_size / crop_pct`` (its shorter side for ``"crop"``, both sides for ``"squash"``)
+            and the centre ``image_size`` square taken; from 0.5 to 1.
 
     Example:
         >>> Preprocessing(image_size=224).describe()[:49]
@@ -43,6 +47,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    crop_pct: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -51,6 +56,10 @@ class Preprocessing:
             raise ValueError(f"resize_mode must be 'squash' or 'crop', got {self.resize_mode!r}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
+        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not (
+                0.5 <= self.crop_pct <= 1.0):
+            raise ValueError(f"crop_pct must be a number from 0.5 to 1, got {self.crop_pct!r}")
+        object.__setattr__(self, "crop_pct", float(self.crop_pct))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -58,7 +67,10 @@ class Preprocessing:
 
     # --- serialisation ------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if self.crop_pct == 1.0:  # only when set: every file written before crop_pct existed keeps its JSON
+            del fields["crop_pct"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Preprocessing:
@@ -71,20 +83,42 @@ class Preprocessing:
         return replace(self, image_size=image_size)
 
     def describe(self) -> str:
+        crop = f" (the centre of {self.scale_size} px)" if self.crop_pct != 1.0 else ""
         return (
-            f"RGB -> {self.resize_mode} to {self.image_size}x{self.image_size} ({self.interpolation}, antialiased)"
-            f" -> /255 -> normalise mean={self.mean} std={self.std}"
+            f"RGB -> {self.resize_mode} to {self.image_size}x{self.image_size}{crop} ({self.interpolation}, "
+            f"antialiased) -> /255 -> normalise mean={self.mean} std={self.std}"
         )
+
+    @property
+    def scale_size(self) -> int:
+        """The side images are resized to before the centre ``image_size`` is taken (``image_size / crop_pct``)."""
+        return math.floor(self.image_size / self.crop_pct) if self.crop_pct != 1.0 else self.image_size
 
     # --- the two halves -----------------------------------------------------------------------------
     def resize(self, image: torch.Tensor) -> torch.Tensor:
         """3xHxW uint8 -> 3xSxS uint8 (CPU, per image; images come in all sizes)."""
         mode = F.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else F.InterpolationMode.BILINEAR
-        size = self.image_size
+        size = self.scale_size  # image_size unless a crop_pct below 1 asks for a margin around it
+        height, width = image.shape[-2:]
         if self.resize_mode == "squash":
-            return F.resize(image, [size, size], interpolation=mode, antialias=True)
+            if height * size > 4 * (height * width + size * size):
+                # A thin tall strip: the resize runs along the width first, which would hold a height x size
+                # image (a 1x600,000 strip: 1.2 GB at 640 px); transposed, the long side is shrunk first.
+                resized = F.resize(image.transpose(-1, -2), [size, size], interpolation=mode, antialias=True)
+                return self._centre(resized.transpose(-1, -2).contiguous())
+            return self._centre(F.resize(image, [size, size], interpolation=mode, antialias=True))
+        short, long = min(height, width), max(height, width)
+        if long > 16 * short:
+            # Resized whole, a 1x65,535 strip would be 640 x 42 million pixels at 640 px; only the centre square is
+            # kept, so the rest is cut off first (with a margin for the resampling kernel).
+            keep = min(long, short + 2 * (2 * (short // size) + 4))
+            start = (long - keep) // 2
+            image = image[..., start:start + keep, :] if height > width else image[..., start:start + keep]
         image = F.resize(image, size, interpolation=mode, antialias=True)
-        return F.center_crop(image, [size, size])
+        return F.center_crop(image, [self.image_size, self.image_size])
+
+    def _centre(self, image: torch.Tensor) -> torch.Tensor:
+        return image if self.crop_pct == 1.0 else F.center_crop(image, [self.image_size, self.image_size])
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Bx3xSxS uint8 (any device) -> normalised float of ``dtype`` on the same device."""

@@ -16,6 +16,9 @@ from .trust_state import describe_trust
 
 __all__ = ["evaluate_folder"]
 
+NOT_REGULAR = "not a regular file"
+"""The reason :func:`~multihead.data.scan.scan_dataset` gives for a file it left out without reading it."""
+
 
 def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike | Sequence[str | os.PathLike], *,
                     split: Split | None = None, subset: str = "test", cache_dir: str | os.PathLike | None = None,
@@ -30,6 +33,11 @@ def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike | Sequenc
     if not relpaths:
         raise ValueError(f"no images to evaluate in {scan.describe()}" + (f" (subset {subset!r})" if split else ""))
     data, failures = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir)
+    # A FIFO or a link to a device named like an image is never read (the scan left it out); it is still a file
+    # that could not be evaluated, so it is listed with the unreadable ones.
+    wanted = None if split is None else set(relpaths)
+    failures += [(relpath, f"{relpath}: {NOT_REGULAR} (a FIFO, a device or a broken link): not read")
+                 for relpath, reason in scan.skipped if reason == NOT_REGULAR and (wanted is None or relpath in wanted)]
     if len(data) == 0:
         raise ValueError(f"none of the {len(relpaths)} images in {scan.describe()} could be read")
     source_of = {r.relpath: r.source for r in scan.records}

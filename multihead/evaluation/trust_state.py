@@ -2,13 +2,16 @@
 heads are calibrated and which were skipped, and whether the out-of-distribution score is fitted.
 
 One function reads the checkpoint's metadata (no tensors, no torch), so ``train``, ``info``, the model card
-and the evaluate report say the same thing.
+and the evaluate report say the same thing. Its lines are plain text: a checkpoint's strings are data, so terminal
+control sequences in them (a clipboard write in a skipped head's reason, say) are removed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ..model.metadata import printable
 
 __all__ = ["describe_trust", "status_breakdown"]
 
@@ -112,4 +115,5 @@ def describe_trust(metadata: Mapping[str, Any]) -> list[str]:
     available = metadata.get("available_organs")
     lines = _coverage(trust.get("coverage"), available)
     lines += _thresholds(selective) if selective else ["thresholds: never abstain (not fitted)"]
-    return lines + _calibration(metadata.get("calibration"), available) + _ood(trust.get("ood"))
+    lines += _calibration(metadata.get("calibration"), available) + _ood(trust.get("ood"))
+    return [printable(line) for line in lines]

@@ -2,8 +2,9 @@
 
 A cache folder belongs to one (trunk fingerprint, pooled stages, preprocessing, precision); inside, shards are
 ``.safetensors`` files whose keys are ``<sha256 of the file's bytes>/<view>``, so a renamed file is still
-found and an edited one is not. A shard's metadata is checked before its tensors are read; a damaged shard
-is deleted and its entries are extracted again.
+found and an edited one is not. A shard's metadata is checked before its tensors are read, and its tensors
+before they are used (issue 36: float32, the trunk's feature width, finite, within :data:`MAX_FEATURE`); a damaged
+or tampered shard is deleted and its entries are extracted again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -23,9 +25,13 @@ from ..data.images import ImageError, check_is_file
 from ..inference.config import InferenceConfig
 from ..model.heads import MultiHeadModel
 
-__all__ = ["FeatureCache", "default_cache_dir", "file_digest"]
+__all__ = ["MAX_FEATURE", "FeatureCache", "default_cache_dir", "file_digest"]
 
 log = logging.getLogger(__name__)
+
+MAX_FEATURE = 1e6
+"""Largest feature magnitude a cache shard may hold: pooled trunk features lie within a few hundred (ResNet50 with
+random weights: 117; the bundled model: 4); a shard holding 1e30 was written by something else."""
 
 
 def default_cache_dir() -> Path:
@@ -59,7 +65,9 @@ class FeatureCache:
         if model.trunk.stages:  # only when present: caches of single-stage trunks keep their keys
             self.identity["stages"] = list(model.trunk.stages)
         key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
-        self.directory = Path(directory) / f"{model.trunk.name}-{key}"
+        folder = re.sub(r"[^\w.+-]", "_", model.trunk.name)  # hf-hub:ORG/NAME -> hf-hub_ORG_NAME; others as named
+        self.directory = Path(directory) / f"{folder}-{key}"
+        self.width = model.num_features
         self._entries: dict[str, torch.Tensor] | None = None
 
     def _read(self) -> dict[str, torch.Tensor]:
@@ -71,12 +79,31 @@ class FeatureCache:
                     if json.loads(metadata.get("identity", "{}")) != self.identity:
                         log.warning("%s belongs to other trunk weights or preprocessing; ignored", shard)
                         continue
-                    entries.update({k: reader.get_tensor(k) for k in reader.keys()})  # noqa: SIM118 (safe_open is no dict)
+                    found = {k: reader.get_tensor(k) for k in reader.keys()}  # noqa: SIM118 (safe_open is no dict)
+                self._check(found)
             except (SafetensorError, OSError, ValueError) as err:
                 log.warning("damaged feature cache shard %s (%s); removed, its entries will be extracted again",
                             shard, err)
                 shard.unlink(missing_ok=True)
+                continue
+            entries.update(found)
         return entries
+
+    def _check(self, found: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` unless every entry is a finite float32 feature vector of the trunk's width whose
+        values lie within :data:`MAX_FEATURE` (one pass over the shard stacked)."""
+        for key, tensor in found.items():
+            if tensor.dtype != torch.float32 or tuple(tensor.shape) != (self.width,):
+                raise ValueError(f"entry {key[:80]!r} is {tensor.dtype} {tuple(tensor.shape)}, features of this "
+                                 f"trunk are torch.float32 ({self.width},)")
+        if not found:
+            return
+        stacked = torch.stack(list(found.values()))
+        if not bool(torch.isfinite(stacked).all()):
+            raise ValueError("it holds NaN or infinite features")
+        largest = float(stacked.abs().max())
+        if largest > MAX_FEATURE:
+            raise ValueError(f"it holds features as large as {largest:.3g}, no trunk's are beyond {MAX_FEATURE:g}")
 
     @property
     def entries(self) -> dict[str, torch.Tensor]:
@@ -88,8 +115,9 @@ class FeatureCache:
         """Write ``new`` as one more shard (atomically) and remember it."""
         if not new:
             return
+        entries = self.entries  # the shards already there, read (and checked) before this one is written
         name = hashlib.sha256("".join(sorted(new)).encode()).hexdigest()[:16]
         with atomic_path(self.directory / f"{name}.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in new.items()}, tmp,
                       metadata={"identity": json.dumps(self.identity, sort_keys=True)})
-        self.entries.update(new)
+        entries.update(new)

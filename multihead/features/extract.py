@@ -55,7 +55,7 @@ def extract_features(model: MultiHeadModel, paths: Sequence[str | os.PathLike], 
         pending: dict[str, torch.Tensor] = {}
         done = 0
         for loaded in load_batches([Path(paths[i]) for i in todo], model.preprocessing.load,
-                                   batch_size=config.batch_size, num_workers=_default_workers(num_workers)):
+                                   batch_size=config.batch_for(model), num_workers=_default_workers(num_workers)):
             failures.extend((todo[i], reason) for i, reason in loaded.failures)
             if loaded.images is not None:
                 for view in views:
@@ -87,7 +87,7 @@ def augmented_features(model: MultiHeadModel, paths: Sequence[str | os.PathLike]
     rows: dict[int, torch.Tensor] = {}
     failures: list[tuple[int, str]] = []
     done = 0
-    for loaded in load_batches(list(enumerate(paths)), augment, batch_size=max(1, config.batch_size // n_views),
+    for loaded in load_batches(list(enumerate(paths)), augment, batch_size=max(1, config.batch_for(model) // n_views),
                                num_workers=_default_workers(num_workers)):
         failures.extend(loaded.failures)
         if loaded.images is not None:

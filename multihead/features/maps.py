@@ -9,11 +9,14 @@ MobileNetV2 cut at ``features.14``: 96 x 28 x 28 x 2 = 150 KB at 448 px, 307 KB 
 A cache folder belongs to one (trunk, weights of the bottom, cut, pooled stages, preprocessing); inside,
 every shard is ``<name>.maps.npy`` + ``<name>.pooled.npy`` and, written last, ``<name>.json`` naming its
 files' sha256 digests, so a renamed image is still found, an edited one is not, and a shard interrupted
-before its ``.json`` is ignored.
+before its ``.json`` is ignored. A shard is checked before it is used (issue 36): float16 maps of the shape the
+bottom gives at this input size, pooled stages of its width, every value finite; one that is not is deleted and
+its maps are computed again.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -32,9 +35,10 @@ from ..data.scan import DatasetScan
 from ..inference.backends import bottom_runtime_for, resolve_backend
 from ..inference.export import bottom_outputs
 from ..model.heads import MultiHeadModel
+from ..model.memory import batch_for_memory
 from ..model.trunk import fingerprint_state_dict
 from ..model.trunk_split import STEM, TrunkSplit
-from .cache import default_cache_dir, file_digest
+from .cache import MAX_FEATURE, default_cache_dir, file_digest
 
 __all__ = ["MapCache", "MapSet", "labelled_maps"]
 
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 SHARD_IMAGES = 512
 """Images per shard (at most ~160 MB of float16 maps held before a write)."""
+_CHECK_ROWS = 64
+"""Rows of a memory-mapped shard checked for finite values at a time (so checking never loads a whole shard)."""
 
 
 class MapCache:
@@ -58,8 +64,38 @@ class MapCache:
         }
         key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.directory = Path(directory) / f"{model.trunk.name}-maps-{key}"
+        self._parts, self._image_size = parts, model.preprocessing.image_size
+        self._shapes: tuple[tuple[int, ...], int] | None = None
         self._index: dict[str, tuple[int, int]] | None = None
         self._shards: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def expected_shapes(self) -> tuple[tuple[int, ...], int] | None:
+        """``((C, H, W) of a map, width of the pooled stages)`` the bottom gives at this input size, from one run on
+        the meta device (no arithmetic); ``None`` for a bottom the meta device cannot run."""
+        if self._shapes is None:
+            try:
+                bottom = copy.deepcopy(self._parts.bottom).to("meta")
+                with torch.no_grad():
+                    cut_map, stage_maps = bottom(torch.empty(1, 3, self._image_size, self._image_size, device="meta"))
+                self._shapes = (tuple(cut_map.shape[1:]), sum(m.shape[1] for m in stage_maps))
+            except Exception as err:  # any trunk the meta device cannot run: the values are still checked
+                log.debug("map shapes of %s cannot be worked out on the meta device (%s)", self.directory, err)
+                return None
+        return self._shapes
+
+    def _check(self, maps: np.ndarray, pooled: np.ndarray, rows: int) -> None:
+        """Raise ``ValueError`` unless the shard's arrays are what this bottom writes, every value finite."""
+        if not len(maps) == len(pooled) == rows or maps.dtype != np.float16 or pooled.dtype != np.float32:
+            raise ValueError("array lengths or dtype do not match the listing")
+        shapes = self.expected_shapes()
+        if shapes is not None and (tuple(maps.shape[1:]) != shapes[0] or tuple(pooled.shape[1:]) != (shapes[1],)):
+            raise ValueError(f"maps of shape {tuple(maps.shape[1:])} and pooled stages of {tuple(pooled.shape[1:])}, "
+                             f"this bottom gives {shapes[0]} and ({shapes[1]},)")
+        for start in range(0, rows, _CHECK_ROWS):
+            if not np.isfinite(maps[start:start + _CHECK_ROWS]).all():
+                raise ValueError("it holds NaN or infinite map values")
+        if rows and (not np.isfinite(pooled).all() or float(np.abs(pooled).max(initial=0.0)) > MAX_FEATURE):
+            raise ValueError(f"its pooled stages are not finite or beyond {MAX_FEATURE:g}")
 
     def _read(self) -> dict[str, tuple[int, int]]:
         index: dict[str, tuple[int, int]] = {}
@@ -72,8 +108,7 @@ class MapCache:
                 stem = listing.with_suffix("")
                 maps = np.load(f"{stem}.maps.npy", mmap_mode="r")
                 pooled = np.load(f"{stem}.pooled.npy", mmap_mode="r")
-                if not len(maps) == len(pooled) == len(info["digests"]) or maps.dtype != np.float16:
-                    raise ValueError("array lengths or dtype do not match the listing")
+                self._check(maps, pooled, len(info["digests"]))
             except (OSError, ValueError, KeyError, TypeError) as err:
                 log.warning("damaged map cache shard %s (%s); removed, its maps will be computed again", listing, err)
                 for suffix in (".json", ".maps.npy", ".pooled.npy"):
@@ -163,6 +198,8 @@ def labelled_maps(model: MultiHeadModel, parts: TrunkSplit, scan: DatasetScan, r
     ``"auto"`` takes OpenVINO, then ONNX Runtime, in float32 when installed and on the CPU (checked against
     PyTorch on a probe batch, PyTorch when that fails), else PyTorch. Their float32 maps differ from PyTorch's
     by about 1e-6 (relative), far below the cache's float16 rounding, so the cache does not name the backend.
+    ``batch_size`` images go through the bottom at once, fewer when they would not fit in the memory budget
+    (:func:`~multihead.model.memory.batch_for_memory`).
     """
     by_path = {r.relpath: r for r in scan.records}
     records = [by_path[p] for p in relpaths]
@@ -185,6 +222,7 @@ def labelled_maps(model: MultiHeadModel, parts: TrunkSplit, scan: DatasetScan, r
             failures.append((index, str(err)))
     todo = [i for i, d in digests.items() if d not in cache.index]
     bottom = _bottom_runner(model, parts, backend) if todo else None
+    batch_size = min(batch_size, batch_for_memory(model.trunk.name, model.preprocessing.image_size))
     done = 0
     pending: tuple[list[str], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
     for loaded in load_batches([records[i].path for i in todo], model.preprocessing.load, batch_size=batch_size,

@@ -183,8 +183,113 @@ _OBJECTS = ("training", "split", "recipe")
 _OBJECTS_OR_NULL = ("calibration", "trust", "test_report")
 
 
+def _collect(problems: list[str], check: Any, *args: Any) -> Any:
+    """Run one field's check, keeping its sentence (and going on) when it fails."""
+    try:
+        return check(*args)
+    except MetadataError as err:
+        problems.append(str(err))
+        return None
+
+
+def _mapping_of(value: Any, where: str, check: Any, problems: list[str]) -> None:
+    """``value`` must be an object whose every value passes ``check(value, where.key)``."""
+    entries = _collect(problems, _object, value, where)
+    for key, item in (entries or {}).items():
+        _collect(problems, check, item, f"{where}.{printable(key)}")
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise MetadataError(f"'{where}' must be a string, got {_kind(value)}")
+    return value
+
+
+def _optional(check: Any) -> Any:
+    def optional(value: Any, where: str) -> Any:
+        return None if value is None else check(value, where)
+    return optional
+
+
+def _count(value: Any, where: str) -> int:
+    return _integer(value, where, 0, 2**62)
+
+
+def _fields(value: Any, where: str, problems: list[str], checks: dict[str, Any],
+            required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """An object (or null) whose listed keys, where present, pass their checks; every problem is kept."""
+    if value is None:
+        return None
+    entries = _collect(problems, _object, value, where)
+    if entries is None:
+        return None
+    for key in required:
+        if key not in entries:
+            problems.append(f"'{where}.{key}' is missing")
+    for key, check in checks.items():
+        if key in entries:
+            check(entries[key], f"{where}.{key}")
+    return entries
+
+
+def _trust_problems(trust: Any) -> list[str]:
+    """Every damaged field of ``metadata.trust`` (what :mod:`multihead.training.posthoc` writes: coverage, the
+    out-of-distribution score and the selective thresholds), one sentence each."""
+    problems: list[str] = []
+
+    def keep(check: Any) -> Any:
+        return lambda value, where: _collect(problems, check, value, where)
+
+    def each(check: Any) -> Any:
+        return lambda value, where: _mapping_of(value, where, check, problems)
+
+    def names(value: Any, where: str) -> None:
+        for index, item in enumerate(_collect(problems, _list, value, where) or []):
+            _collect(problems, _text, item, f"{where}[{index}]")
+
+    entries = _fields(trust, "metadata.trust", problems, {}) or {}
+    _fields(entries.get("coverage"), "metadata.trust.coverage", problems, {
+        "covered": names, "organs": each(_count), "subtypes": each(_count), "min_images": keep(_count)})
+    _fields(entries.get("ood"), "metadata.trust.ood", problems, {
+        "score": keep(_text), "threshold": keep(_number), "fitted_on": keep(_count), "tpr": keep(_number),
+        "threshold_from": keep(_text), "components": keep(_count), "features_read": keep(_count),
+        "organ_scale": each(_number), "scale_rule": each(_text)})
+    selective = _fields(entries.get("selective"), "metadata.trust.selective", problems, {
+        "router_threshold": keep(_number), "subtype_thresholds": each(_optional(_number)),
+        "subtype_threshold": keep(_number), "target_accuracy": keep(_number),
+        "confidence_level": keep(_optional(_number)), "images_to_certify": keep(_optional(_count)),
+        "min_images": keep(_count), "n": keep(_count),
+        **{key: keep(_number) for key in ("coverage", "organ_only_fraction", "uncertain_fraction", "accuracy_all",
+                                          "accuracy_kept", "organ_accuracy_kept", "organ_coverage",
+                                          "out_of_distribution_fraction")}},
+        required=("router_threshold", "target_accuracy"))
+    if selective is not None:
+        if "subtype_thresholds" not in selective and "subtype_threshold" not in selective:
+            problems.append("'metadata.trust.selective.subtype_thresholds' is missing")
+        rules = _fields(selective.get("rules"), "metadata.trust.selective.rules", problems,
+                        {"router": keep(_optional(_text))}) or {}
+        subtype_rules = rules.get("subtype")
+        if "subtype_thresholds" in selective and subtype_rules is not None:
+            _mapping_of(subtype_rules, "metadata.trust.selective.rules.subtype", _optional(_text), problems)
+        elif subtype_rules is not None:
+            _collect(problems, _text, subtype_rules, "metadata.trust.selective.rules.subtype")
+    return problems
+
+
+def _calibration_problems(calibration: Any) -> list[str]:
+    """Every damaged field of ``metadata.calibration`` (the temperatures and the heads skipped), one sentence each."""
+    problems: list[str] = []
+    _fields(calibration, "metadata.calibration", problems, {
+        "heads": lambda value, where: _mapping_of(value, where, _optional(_number), problems),
+        "router": lambda value, where: _collect(problems, _optional(_number), value, where),
+        "flat": lambda value, where: _collect(problems, _number, value, where),
+        "skipped": lambda value, where: None if value is None else _mapping_of(value, where, _text, problems)})
+    return problems
+
+
 def check_metadata(value: Any, *, organs: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The free-form ``metadata`` field: unknown keys pass, the ones multihead reads are typed.
+    """The free-form ``metadata`` field: unknown keys pass, the ones multihead reads are typed (``trust`` and
+    ``calibration`` field by field, every damaged one named).
 
     Args:
         organs: the taxonomy's organ names; ``available_organs`` must be among them.
@@ -196,6 +301,9 @@ def check_metadata(value: Any, *, organs: tuple[str, ...] = ()) -> dict[str, Any
     for key in _OBJECTS_OR_NULL:
         if metadata.get(key) is not None:
             _object(metadata[key], f"metadata.{key}")
+    problems = _calibration_problems(metadata.get("calibration")) + _trust_problems(metadata.get("trust"))
+    if problems:  # one sentence per damaged field: all of them, so one edit fixes the file
+        raise MetadataError("; ".join(problems))
     training = metadata.get("training", {})
     for key in ("config", "timings"):
         if training.get(key) is not None:

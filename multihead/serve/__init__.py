@@ -77,7 +77,8 @@ def server_config(model: Any = None, *, host: str = "127.0.0.1", port: int = 800
                   settings: ServeSettings | None = None, inference: Any = None,
                   log_level: str = "info") -> tuple[Any, Any]:
     """The app and the ``uvicorn.Config`` :func:`run_server` serves: connection limits and deadlines from
-    ``settings``, and, on a loopback address, the Host header checked against :data:`LOOPBACK_NAMES`."""
+    ``settings`` (``max_connections`` requests in progress, and apart from them as many connections still sending
+    their headers), and, on a loopback address, the Host header checked against :data:`LOOPBACK_NAMES`."""
     require_extra()
     from dataclasses import replace
 
@@ -90,11 +91,11 @@ def server_config(model: Any = None, *, host: str = "127.0.0.1", port: int = 800
     if settings.allowed_hosts is None and is_loopback(host):
         settings = replace(settings, allowed_hosts=LOOPBACK_NAMES)
     app = create_app(model, device=device, settings=settings, inference=inference)
-    config = uvicorn.Config(
+    config = uvicorn.Config(  # requests in progress are limited by the app, connections sending headers here
         app, host=host, port=port, log_level=log_level,
-        http=guarded_protocol(header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s),
-        timeout_keep_alive=settings.keep_alive_timeout_s, h11_max_incomplete_event_size=settings.max_header_bytes,
-        limit_concurrency=settings.max_connections)
+        http=guarded_protocol(header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
+                              max_pending=settings.max_connections),
+        timeout_keep_alive=settings.keep_alive_timeout_s, h11_max_incomplete_event_size=settings.max_header_bytes)
     return app, config
 
 

@@ -1,8 +1,9 @@
 """The FastAPI application: thin routes over the library, one model thread, and limits checked at the edge.
 
 Work is split three ways: the event loop only moves bytes; a small thread pool decodes and resizes uploads
-(and encodes Grad-CAM PNGs); one model thread, owned by :class:`~multihead.serve.batching.MicroBatcher`,
-runs every forward pass. Any failure a client can cause is a 4xx whose ``detail`` names the file.
+(and encodes Grad-CAM PNGs), with progressive JPEGs, whose decoding costs most, on a pool of their own; one model
+thread, owned by :class:`~multihead.serve.batching.MicroBatcher`, runs every forward pass. Any failure a client
+can cause is a 4xx whose ``detail`` names the file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 import io
 import logging
 import os
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -27,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from .. import __version__
-from ..data.images import ImageError, finish_decoding, open_image
+from ..data.images import ImageError, finish_decoding, is_progressive_jpeg, open_image, pixels_to_decode
 from ..evaluation.plots import plot_explanation, pyplot
 from ..inference.config import InferenceConfig
 from ..inference.explain import Explanation, explain
@@ -53,11 +56,13 @@ PAGE_HEADERS = {  # the page loads nothing from elsewhere; thumbnails are blob: 
     "X-Content-Type-Options": "nosniff",
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "A POST from another site's page (its Origin is not allowed)."},
     413: {"model": ErrorResponse, "description": "The request body is larger than the server's limit."},
     422: {"model": ErrorResponse, "description": "No image, too many images, or a file that is not a readable "
-                                                 "image or has too many pixels (the message names it)."},
-    503: {"model": ErrorResponse, "description": "Too many images are waiting or being decoded; retry after the "
-                                                 "seconds in Retry-After."},
+                                                 "image, has too many pixels or scans, or takes too long to decode "
+                                                 "(the message names it)."},
+    503: {"model": ErrorResponse, "description": "Too many requests in progress, or images waiting or being "
+                                                 "decoded; retry after the seconds in Retry-After."},
 }
 DISCONNECT_POLL_S = 0.05
 """How often a request in progress checks that its client is still there."""
@@ -103,8 +108,10 @@ def create_app(model: MultiHeadModel | str | os.PathLike | None = None, *, devic
     )
     app.state.service = service
     app.add_middleware(_BodyLimit, max_bytes=service.settings.max_upload_bytes)
+    app.add_middleware(_OriginCheck, allowed=service.settings.allowed_origins)
     if service.settings.allowed_hosts is not None:
         app.add_middleware(_HostCheck, allowed=service.settings.allowed_hosts)
+    app.add_middleware(_RequestLimit, most=service.settings.max_connections)  # outermost: counted first
     _add_error_handlers(app)
 
     @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_unset=True,
@@ -183,11 +190,15 @@ class _Service:
         self.budget = PixelBudget(settings.max_pixels_in_flight)
         self.decoded_images = 0
         self.abandoned_requests = 0
+        self.stopped_decodes = 0
         self._pool: ThreadPoolExecutor | None = None
+        self._progressive_pool: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         """Start the threads; with ``max_batch=None``, time the batch sizes first (before any request comes)."""
         self._pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="multihead-decode")
+        self._progressive_pool = ThreadPoolExecutor(max(1, self.settings.decode_threads // 2),
+                                                    thread_name_prefix="multihead-decode-progressive")
         await self.batcher.start()
         if self.settings.max_batch is None:
             size = self.model.preprocessing.image_size
@@ -200,9 +211,10 @@ class _Service:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._progressive_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._progressive_pool = None
 
     def model_summary(self) -> dict[str, Any]:
         return {"file": self.model_file, "trunk": self.model.trunk.name,
@@ -213,7 +225,8 @@ class _Service:
         probe = None if self.batch_probe is None else {str(k): v for k, v in self.batch_probe.items()}
         return {"max_batch": self.batcher.max_batch, "batch_wait_ms": self.batcher.max_wait_ms,
                 "measured_images_per_second": probe, **self.batcher.stats.to_dict(), **self.budget.to_dict(),
-                "decoded_images": self.decoded_images, "abandoned_requests": self.abandoned_requests}
+                "decoded_images": self.decoded_images, "abandoned_requests": self.abandoned_requests,
+                "stopped_decodes": self.stopped_decodes}
 
     async def _in_pool(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._pool is None:
@@ -241,39 +254,57 @@ class _Service:
     async def _decode_all(self, uploads: list[tuple[str, bytes]]) -> list[torch.Tensor]:
         """Every upload as the model's ``3xSxS`` uint8 input; a failure fails the request, naming every bad file.
 
-        Headers first: the pixels decoding will allocate (JPEGs at a reduced scale) are charged against the
-        request's and the server's budgets before any pixel is decoded; each image's share is given back as
-        soon as it is resized, and the full-size image is dropped then.
+        Headers first: the pixels decoding will allocate (JPEGs at a reduced scale, but a progressive JPEG's
+        coefficients at full size) are charged against the request's and the server's budgets before any pixel
+        is decoded; each image's share is given back as soon as it is resized, and the full-size image is
+        dropped then. Decoding has ``decode_timeout_s`` from the request's arrival, and stops as soon as the
+        request is over (answered, failed, or its client gone); progressive JPEGs decode on a pool of their own,
+        so other images never wait behind them.
         """
         size = self.model.preprocessing.image_size
+        limit = self.settings.decode_timeout_s
+        started = time.monotonic()
+        stop = threading.Event()
 
         def open_one(name: str, data: bytes) -> Image.Image:
             return open_image(data, name=name, max_pixels=self.settings.max_pixels, reduce_to=size)
 
         def decode_one(name: str, image: Image.Image) -> torch.Tensor:
-            tensor = self.model.preprocessing.load(finish_decoding(image, name=name, reduce_to=size))
+            if time.monotonic() - started > limit:
+                raise QueueFullError(f"{name} waited {limit:g} s for a decoding thread; retry in a moment")
+            try:
+                decoded = finish_decoding(image, name=name, reduce_to=size, time_limit=limit, started=started,
+                                          stop=stop)
+            except ImageError:
+                self.stopped_decodes += stop.is_set()
+                raise
+            tensor = self.model.preprocessing.load(decoded)
             self.decoded_images += 1
             return tensor
 
-        opened = await self._gather_images([self._in_pool(open_one, name, data) for name, data in uploads])
-        costs = [image.width * image.height for image in opened]
-        if sum(costs) > self.settings.max_request_pixels:
-            raise HTTPException(422, f"the {len(uploads)} images hold {sum(costs):,} pixels to decode, more than the "
-                                     f"limit of {self.settings.max_request_pixels:,} per request: send fewer or "
-                                     "smaller images")
-        if not self.budget.try_acquire(sum(costs)):
-            raise QueueFullError(f"{self.budget.in_use:,} pixels are being decoded (the limit is "
-                                 f"{self.budget.limit:,}); retry in a moment")
-        if self._pool is None:
-            self.budget.release(sum(costs))
-            raise RuntimeError("the service is not started (the app's lifespan starts it)")
-        pending = []
-        for (name, _), image, cost in zip(uploads, opened, costs):
-            future = self._pool.submit(decode_one, name, image)
-            future.add_done_callback(lambda _f, cost=cost: self.budget.release(cost))  # ran, failed or cancelled
-            pending.append(asyncio.wrap_future(future))
-        del opened  # each image now lives only in its decoding job
-        return await self._gather_images(pending)
+        try:
+            opened = await self._gather_images([self._in_pool(open_one, name, data) for name, data in uploads])
+            costs = [pixels_to_decode(image) for image in opened]
+            if sum(costs) > self.settings.max_request_pixels:
+                raise HTTPException(422, f"the {len(uploads)} images hold {sum(costs):,} pixels to decode, more than "
+                                         f"the limit of {self.settings.max_request_pixels:,} per request: send fewer "
+                                         "or smaller images")
+            if not self.budget.try_acquire(sum(costs)):
+                raise QueueFullError(f"{self.budget.in_use:,} pixels are being decoded (the limit is "
+                                     f"{self.budget.limit:,}); retry in a moment")
+            if self._pool is None or self._progressive_pool is None:
+                self.budget.release(sum(costs))
+                raise RuntimeError("the service is not started (the app's lifespan starts it)")
+            pending = []
+            for (name, _), image, cost in zip(uploads, opened, costs):
+                pool = self._progressive_pool if is_progressive_jpeg(image) else self._pool
+                future = pool.submit(decode_one, name, image)
+                future.add_done_callback(lambda _f, cost=cost: self.budget.release(cost))  # ran, failed or cancelled
+                pending.append(asyncio.wrap_future(future))
+            del opened  # each image now lives only in its decoding job
+            return await self._gather_images(pending)
+        finally:
+            stop.set()  # the request is over, whatever ended it: none of its images decodes on
 
     @staticmethod
     async def _gather_images(jobs: list[Awaitable[Any]]) -> list[Any]:
@@ -415,6 +446,81 @@ class _HostCheck:
                                    headers={"Connection": "close"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _OriginCheck:
+    """403 for a POST (or any method but GET, HEAD and OPTIONS) whose ``Origin`` is another site than the server's
+    own and not one of ``allowed``: a page elsewhere cannot make a visitor's browser use the server. Requests
+    without ``Origin`` (curl, scripts) pass; responses to allowed origins say so (CORS), so their pages can read
+    them."""
+
+    SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: Callable[..., Awaitable[None]], allowed: tuple[str, ...]) -> None:
+        self.app, self.allowed = app, frozenset(allowed)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/").lower()
+        if not origin:
+            await self.app(scope, receive, send)
+            return
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        own = origin in (f"http://{host}", f"https://{host}")
+        if own or origin in self.allowed:
+            await self.app(scope, receive, send if own else self._telling(origin, send))
+            return
+        if scope.get("method", "GET").upper() in self.SAFE_METHODS:
+            await self.app(scope, receive, send)  # the browser keeps the answer from the page (no CORS headers)
+            return
+        shown = _printable_origin(origin)
+        await JSONResponse({"detail": f"a request from the page of another site ({shown}) is refused: start the "
+                                      f"server with --allow-origin {shown} to accept it"}, 403,
+                           headers={"Connection": "close"})(scope, receive, send)
+
+    @staticmethod
+    def _telling(origin: str, send: Callable[[dict[str, Any]], Awaitable[None]]
+                 ) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def with_cors(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                   (b"access-control-allow-origin", origin.encode("latin-1")),
+                                                   (b"vary", b"Origin")]}
+            await send(message)
+        return with_cors
+
+
+def _printable_origin(origin: str) -> str:
+    """An ``Origin`` header as it may be shown: printable ASCII, at most 100 characters."""
+    return "".join(c for c in origin if " " < c < "\x7f")[:100]
+
+
+class _RequestLimit:
+    """503 with ``Retry-After`` past ``most`` requests in progress. Counted here, once a request's headers are in,
+    so connections still sending theirs (the protocol limits those apart) never take a request's place."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], most: int) -> None:
+        self.app, self.most, self.in_progress = app, most, 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.most:
+            await JSONResponse({"detail": f"the server is busy: {self.in_progress} requests are in progress (the limit "
+                                          f"is {self.most}); retry in a moment"}, 503,
+                               headers={"Retry-After": "1", "Connection": "close"})(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
 
 
 def _add_error_handlers(app: FastAPI) -> None:

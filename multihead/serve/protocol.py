@@ -4,6 +4,12 @@ uvicorn closes idle keep-alive connections, but a client that sends its headers 
 at one byte a second, keeps a connection (and, with the body, a request) open as long as it likes. The ASGI
 app never sees unfinished headers, so the deadline lives in the protocol: one timer from the connection (or
 the previous response) until the headers are complete, another from then until the body is.
+
+Connections still sending their headers are also counted apart from requests (issue 36): 64 sockets trickling
+headers used to fill uvicorn's ``limit_concurrency`` and every real ``/healthz`` got 503. Now at most
+``max_pending`` connections may be waiting for their headers; one more closes the one that has waited longest (a
+real client sends its headers in milliseconds), and requests in progress are limited by the app instead
+(:mod:`multihead.serve.app`), so header tricklers never take a real request's place.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ __all__ = ["guarded_protocol"]
 logger = logging.getLogger(__name__)
 
 
-def guarded_protocol(*, header_timeout_s: float, body_timeout_s: float) -> type[H11Protocol]:
-    """An :class:`H11Protocol` subclass closing connections whose headers or body are late (uvicorn's ``http=``)."""
+def guarded_protocol(*, header_timeout_s: float, body_timeout_s: float,
+                     max_pending: int | None = None) -> type[H11Protocol]:
+    """An :class:`H11Protocol` subclass closing connections whose headers or body are late (uvicorn's ``http=``),
+    and, past ``max_pending`` connections waiting for their headers, the one that has waited longest."""
+    waiting: dict[H11Protocol, None] = {}  # connections in their header phase, the longest waiting first
 
     class GuardedH11Protocol(H11Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -35,6 +44,7 @@ def guarded_protocol(*, header_timeout_s: float, body_timeout_s: float) -> type[
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            waiting.pop(self, None)
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -60,8 +70,17 @@ def guarded_protocol(*, header_timeout_s: float, body_timeout_s: float) -> type[
             self._disarm()
             self._phase = phase
             self._deadline = self.loop.call_later(seconds, self._expire)
+            if phase == "headers":
+                waiting[self] = None
+                if max_pending is not None and len(waiting) > max_pending:
+                    oldest = next(iter(waiting))
+                    waiting.pop(oldest)
+                    logger.info("closing a connection from %s: %d connections are waiting for their request "
+                                "headers, the limit is %d", oldest.client, max_pending + 1, max_pending)
+                    oldest.transport.close()
 
         def _disarm(self) -> None:
+            waiting.pop(self, None)
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None

@@ -33,9 +33,13 @@ class ServeSettings:
     max_pixels_in_flight: int | None = None
     """Most pixels being decoded across the server at once; a request that would pass it gets 503 with
     ``Retry-After``. ``None``: twice ``max_request_pixels`` (600 MB of RGB by default)."""
+    decode_timeout_s: float = 10.0
+    """Seconds from a request's arrival within which its images must be decoded: an image still decoding then is
+    422 (too slow to decode), one still waiting for a decoding thread 503. Decoding also stops when the client
+    goes away."""
 
     # connections (uvicorn, through multihead.serve.run_server)
-    header_timeout_s: float = 10.0
+    header_timeout_s: float = 5.0
     """A connection must complete a request's headers within this many seconds of opening (or of the previous
     response), or it is closed."""
     body_timeout_s: float = 60.0
@@ -46,10 +50,16 @@ class ServeSettings:
     max_header_bytes: int = 16_384
     """Largest request head, request line and headers together (uvicorn's ``h11_max_incomplete_event_size``)."""
     max_connections: int = 64
-    """Most open connections and requests in progress; beyond it uvicorn answers 503 (``limit_concurrency``)."""
+    """Most requests in progress (beyond it 503), and apart from them most connections still sending a request's
+    headers: one more closes the one that has been at it longest, so clients trickling headers cannot take the
+    places of real requests."""
     allowed_hosts: tuple[str, ...] | None = None
     """Host header values (without port) the server answers; others get 400 (DNS rebinding). ``None``: the
     loopback names when :func:`~multihead.serve.run_server` binds a loopback address, no check otherwise."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins (``https://app.example``) whose pages may POST to the server; a POST from any other site's page (its
+    ``Origin`` header names another site) gets 403. Requests without ``Origin`` (curl, scripts) and from the
+    server's own page are always served."""
 
     # batching across concurrent requests (multihead.serve.batching)
     max_batch: int | None = None
@@ -78,7 +88,7 @@ class ServeSettings:
                              f"got {value!r}")
         if not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"batch_wait_ms must be a number of milliseconds in [0, 1000], got {self.batch_wait_ms!r}")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "decode_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
                 raise ValueError(f"{name} must be a number of seconds in (0, 3600], got {value!r}")
@@ -89,6 +99,11 @@ class ServeSettings:
         if self.allowed_hosts is not None and (
                 not isinstance(self.allowed_hosts, tuple) or not all(isinstance(h, str) for h in self.allowed_hosts)):
             raise ValueError(f"allowed_hosts must be a tuple of host names or None, got {self.allowed_hosts!r}")
+        if not isinstance(self.allowed_origins, tuple) or not all(
+                isinstance(o, str) and o.startswith(("http://", "https://")) for o in self.allowed_origins):
+            raise ValueError("allowed_origins must be a tuple of origins such as 'https://app.example', got "
+                             f"{self.allowed_origins!r}")
+        object.__setattr__(self, "allowed_origins", tuple(o.rstrip("/").lower() for o in self.allowed_origins))
         if self.max_queue < max(self.max_batch or 0, self.max_files):
             raise ValueError(f"max_queue ({self.max_queue}) must be at least max_batch ({self.max_batch}) and "
                              f"max_files ({self.max_files}), or some requests could never be queued")
