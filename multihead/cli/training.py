@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..model.trunk_specs import HUB_PREFIX, trunk_help
 from ._app import (
     _library_errors,
     _one_of,
@@ -47,8 +48,13 @@ def _train(
         help="Folders of <organ>/<subtype>/<image> files; several are trained on as their union.", exists=True,
         file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
-    trunk: Annotated[str, typer.Option(help="torchvision or timm model name.")] = "resnet18",
-    trunk_weights: Annotated[str, typer.Option(help="imagenet, none, a weights id, or a local file.")] = "imagenet",
+    trunk: Annotated[str, typer.Option(help=trunk_help())] = "resnet18",
+    trunk_weights: Annotated[str, typer.Option(help="imagenet (the trunk's published weights; an hf-hub: trunk's own), "
+                                                    "none, a weights id, or a local file.")] = "imagenet",
+    embed_trunk: Annotated[bool, typer.Option(
+        "--embed-trunk", help="Store the trunk's weights in the checkpoint even when they are published, for a "
+                              "self-contained file (an hf-hub: trunk is otherwise referenced by id, revision and "
+                              "sha256, and read from the local Hugging Face cache when loaded).")] = False,
     preset: Annotated[str, typer.Option(help="default (best measured) or paper (Adam 1e-3, batch 32, 4 epochs); "
                                              "the options below change it.")] = "default",
     split: Annotated[Path | None, typer.Option(help="Reuse a split file (JSON).", exists=True, dir_okay=False)
@@ -83,6 +89,8 @@ def _train(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     weights = None if trunk_weights.lower() == "none" else trunk_weights
+    if trunk.startswith(HUB_PREFIX):
+        config = _check_hub_trunk(trunk, weights, config, image_size_given=settings.get("image_size") is not None)
     epochs_table = Table("part", "epoch", "train loss", "train router", "train acc", "val loss", "val router",
                          "val acc", "", title="training")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -124,15 +132,38 @@ def _train(
             raise WeightsUnavailableError(str(err).replace("trunk_weights=", "--trunk-weights ")) from None
     if not plain:  # piped, each epoch was printed as it ended: the table would say it all again
         console.print(epochs_table)
-    if result.failures:
-        err_console.print(f"skipped {len(result.failures)} unreadable files:")
-        for relpath, reason in result.failures:
-            err_console.print(f"  {relpath}: {reason}", highlight=False)
-    save(result.model, out)
+    from ..evaluation.evaluate import NOT_REGULAR  # left out by the scan, never opened: a FIFO would block for ever
+
+    unreadable = [*result.failures, *((relpath, f"{NOT_REGULAR} (a FIFO, a device or a broken link): not read")
+                                      for relpath, reason in result.scan.skipped if reason == NOT_REGULAR)]
+    if unreadable:
+        err_console.print(f"skipped {len(unreadable)} unreadable files:")
+        for relpath, reason in unreadable:
+            err_console.print(f"  {relpath}: {reason}", highlight=False, markup=False)
+    save(result.model, out, embed_trunk=True if embed_trunk else None)
     split_path = save_split_next_to(out, result.split)
     metrics = result.model.metadata["metrics"]
     console.print(f"wrote {out} and {split_path}; " + ", ".join(
         f"{name} accuracy {m['accuracy']:.3f}" for name, m in metrics.items()))
+
+
+def _check_hub_trunk(trunk: str, weights: str | None, config: Any, *, image_size_given: bool) -> Any:
+    """A trunk from the hub, checked before anything runs: not in the cache, a revision it does not hold, no pretrained
+    config, an architecture timm cannot build or a cut to tune from are a wrong command line (exit 2). Unless
+    --image-size is given, the trunk's own input size is used (the presets' 640 px were chosen for the CNNs)."""
+    from dataclasses import replace
+
+    from ..model.trunk import WeightsUnavailableError, check_hub_trunk
+    from ..model.trunk_split import tuning_refusal
+
+    try:
+        check_hub_trunk(trunk, weights=weights, stages=config.trunk_stages)
+    except (ValueError, WeightsUnavailableError) as err:
+        raise typer.BadParameter(str(err), param_hint="'--trunk'") from None
+    if config.tune_from != "none":
+        raise typer.BadParameter(str(tuning_refusal(trunk)).replace("tune_from='none'", "--tune-from none"),
+                                 param_hint="'--tune-from'")
+    return config if image_size_given else replace(config, image_size=None)
 
 
 def _setting_options() -> list[inspect.Parameter]:

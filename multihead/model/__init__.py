@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .temperature import TemperatureScaling
     from .thresholds import AbstentionThresholds
     from .trunk import AUTO_STAGES, Trunk, TrunkWeights, WeightsUnavailableError, create_trunk
+    from .trunk_specs import TRUNK_SPECS, TrunkSpec, trunk_spec
     from .trunk_split import AUTO_TUNE_FROM, TrunkSplit, split_trunk
 
 _EXPORTS = {
@@ -32,6 +33,7 @@ _EXPORTS = {
     "TemperatureScaling": ".temperature",
     "AbstentionThresholds": ".thresholds",
     **dict.fromkeys(["AUTO_STAGES", "Trunk", "TrunkWeights", "WeightsUnavailableError", "create_trunk"], ".trunk"),
+    **dict.fromkeys(["TRUNK_SPECS", "TrunkSpec", "trunk_spec"], ".trunk_specs"),
     **dict.fromkeys(["AUTO_TUNE_FROM", "TrunkSplit", "split_trunk"], ".trunk_split"),
 }
 __all__ = sorted(_EXPORTS)

@@ -14,16 +14,28 @@ out-of-distribution score, whose bank of training images (``ood.bank``) has as m
 training images. Files of formats 1 and 2 load with their one subtype threshold given to every organ, every
 trained organ covered, and no out-of-distribution score (their Mahalanobis buffers are not read; a warning says
 so): refit it with :func:`multihead.training.fit_ood`, or train again.
+
+Since issue 36 a file also records ``header_sha256``, a checksum of what defines the model in its header (taxonomy,
+trunk, preprocessing, joint rule, heads' checksum), so an edited ``image_size`` is refused; loading never
+downloads a trunk stored by reference, refuses trunks that would not fit in memory and inputs whose forward pass
+would not fit in :data:`~multihead.model.memory.MEMORY_BUDGET`, and refuses NaN or infinite tensors.
+
+A trunk from the Hugging Face hub (issue 41) is referenced by a record in ``trunk.hub``: hub id, revision, the weights
+file and its sha256, the architecture and its arguments (:func:`~multihead.model.hub.check_record`). Loading rebuilds
+the network from the record, finds the file in the local cache and refuses it if its sha256 changed; with
+``embed_trunk=True`` the weights travel in the file and no cache is needed. Files without a hub trunk are unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -34,6 +46,8 @@ from .._precision import STORAGE_DTYPES
 from ..data.preprocessing import Preprocessing
 from ..taxonomy import Taxonomy
 from .heads import MultiHeadModel
+from .hub import cached_weights, check_record
+from .memory import MEMORY_BUDGET, image_memory, machine_memory
 from .metadata import (
     MetadataError,
     check_metadata,
@@ -44,10 +58,16 @@ from .metadata import (
     printable,
 )
 from .ood import MAX_BANK
-from .trunk import create_trunk, fingerprint_state_dict
+from .trunk import (
+    WeightsUnavailableError,
+    create_trunk,
+    fingerprint_state_dict,
+    hub_trunk_from_record,
+    local_weights_file,
+)
 
-__all__ = ["FORMAT_VERSION", "MAX_TRUNK_PARAMETERS", "CheckpointError", "head_state", "load", "model_header",
-           "read_header", "save"]
+__all__ = ["BYTES_PER_PARAMETER", "FORMAT_VERSION", "HUB_BYTES_PER_PARAMETER", "CheckpointError", "head_state",
+           "header_checksum", "load", "model_header", "read_header", "save", "trunk_parameter_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +86,15 @@ FORMAT_1_KEYS = {
 """Format 1 key -> format 2 key (the buffers moved from the model into the estimators that own them)."""
 LEGACY_OOD = ("ood.", "ood_")
 """Key prefixes of the Mahalanobis out-of-distribution buffers of formats 1 and 2 (not read)."""
-MAX_TRUNK_PARAMETERS = 1_000_000_000
-"""Largest trunk :func:`load` builds by default (4 GiB as float32; ResNet101 has 45 million parameters)."""
+BYTES_PER_PARAMETER = 8
+"""What loading takes per trunk parameter: the float32 weights built, and the copy read from the file."""
+HUB_BYTES_PER_PARAMETER = 4
+"""What loading a trunk referenced from the hub takes per parameter: the float32 weights built, its file read straight
+into them (:func:`~multihead.model.hub.stream_weights`)."""
+_MAY_BE_INFINITE = frozenset({"thresholds.subtype", "ood.threshold"})
+"""Buffers where +inf means something: an organ whose subtypes are withheld, an unfitted out-of-distribution score."""
+_TRUNK_DEFAULTS: dict[str, Any] = {"source": "torchvision", "weights_id": None, "stages": [], "stored_dtype": "float32",
+                                   "tuned_from": None}
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
                        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                        torch.uint8: "U8", torch.bool: "BOOL"}
@@ -89,6 +116,31 @@ def model_header(model: MultiHeadModel, *, trunk_spec: dict[str, Any] | None = N
         "joint": model.joint,
         "heads_sha256": fingerprint_state_dict(head_state(model)),
     }
+
+
+def header_checksum(taxonomy: Taxonomy, trunk: dict[str, Any], preprocessing: Preprocessing, joint: str,
+                    heads_sha256: str | None) -> str:
+    """sha256 of what defines the model in a checkpoint's header, each as parsed (a field an older file lacks counts
+    as its default): taxonomy, trunk, preprocessing, joint rule and the heads' checksum."""
+    given = trunk
+    trunk = {key: trunk.get(key, default) for key, default in
+             {**_TRUNK_DEFAULTS, "name": None, "fingerprint": None, "num_features": None, "embedded": None}.items()}
+    if "hub" in given:  # only for trunks from the hub: every other file keeps its checksum
+        trunk["hub"] = given["hub"]
+    text = json.dumps({"taxonomy": taxonomy.to_json(), "trunk": trunk, "preprocessing": preprocessing.to_json(),
+                       "joint": joint, "heads_sha256": heads_sha256}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def trunk_parameter_limit(memory: int | None = None, *, per_parameter: int = BYTES_PER_PARAMETER) -> int:
+    """The most trunk parameters :func:`load` builds by default: as many as a quarter of this machine's memory holds
+    at :data:`BYTES_PER_PARAMETER` each (16 GiB: 537 million; ResNet101 has 45 million, MobileNetV2 3.5 million).
+
+    Example:
+        >>> trunk_parameter_limit(16 * 2**30)
+        536870912
+    """
+    return (machine_memory() if memory is None else memory) // 4 // per_parameter
 
 
 class CheckpointError(ValueError):
@@ -119,6 +171,9 @@ def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | 
         raise TypeError(f"save writes a MultiHeadModel, got {type(model).__name__}")
     trunk = model.trunk
     embed = trunk.weights_id is None if embed_trunk is None else embed_trunk
+    if not embed and trunk.hub is not None and trunk.weights_id is None:
+        raise ValueError(f"trunk {trunk.name!r} does not hold its repository's weights (random, from a local file or "
+                         "tuned), so nothing could find them again: save it with embed_trunk=True")
     tensors = head_state(model)
     fingerprint = trunk.fingerprint
     if embed:
@@ -126,10 +181,13 @@ def save(model: MultiHeadModel, path: str | os.PathLike, *, embed_trunk: bool | 
         fingerprint = fingerprint_state_dict(_restore_dtypes(stored, model.trunk.network.state_dict()))
         tensors.update({f"trunk.{k}": v for k, v in stored.items()})
     trunk_spec = {**trunk.spec(), "fingerprint": fingerprint, "embedded": embed, "stored_dtype": trunk_dtype}
+    header = model_header(model, trunk_spec=trunk_spec)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        **model_header(model, trunk_spec=trunk_spec),
+        **header,
+        "header_sha256": header_checksum(model.taxonomy, trunk_spec, model.preprocessing, model.joint,
+                                         header["heads_sha256"]),
         "metadata": json.dumps(model.metadata, sort_keys=True, default=str),
     }
     _atomic_save(tensors, metadata, Path(path))
@@ -152,7 +210,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns a dict with ``taxonomy`` (:class:`Taxonomy`), ``trunk`` (dict), ``preprocessing``
     (:class:`Preprocessing`), ``metadata`` (dict), ``format_version`` (int), ``keys`` (tensor names) and
-    ``tensors`` (name -> (safetensors dtype such as ``"F32"``, shape)).
+    ``tensors`` (name -> (safetensors dtype such as ``"F32"``, shape)), and ``header_sha256`` (``None`` in files
+    written before issue 36).
     """
     path = Path(path)
     if not path.is_file():
@@ -180,6 +239,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     try:
         taxonomy = check_taxonomy(parse_json(raw.get("taxonomy"), "taxonomy"))
         trunk = check_trunk(parse_json(raw.get("trunk"), "trunk"))
+        if "hub" in trunk:
+            _check_hub(trunk)
         preprocessing = check_preprocessing(parse_json(raw.get("preprocessing"), "preprocessing"))
         organs = tuple(organ["name"] for organ in taxonomy["organs"])
         metadata = check_metadata(parse_json(raw.get("metadata", "{}"), "metadata"), organs=organs)
@@ -191,9 +252,12 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             "metadata": metadata,
             "joint": raw.get("joint", "hierarchical"),
             "heads_sha256": raw.get("heads_sha256"),
+            "header_sha256": raw.get("header_sha256"),
             "keys": keys,
             "tensors": tensors,
         }
+        if header["header_sha256"] is not None and not re.fullmatch(r"[0-9a-f]{64}", str(header["header_sha256"])):
+            raise MetadataError("'header_sha256' must be 64 hexadecimal digits (a sha256)")
     except MetadataError as err:
         raise CheckpointError(f"{path}: damaged metadata: {err}") from None
     except (KeyError, ValueError, TypeError) as err:
@@ -202,33 +266,62 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
-         max_trunk_parameters: int | None = MAX_TRUNK_PARAMETERS) -> MultiHeadModel:
+         max_trunk_parameters: int | Literal["auto"] | None = "auto",
+         memory_budget: int | None = MEMORY_BUDGET) -> MultiHeadModel:
     """Load a model written by :func:`save`, checking everything before trusting it.
 
     The architecture the header names is first built on the meta device (shapes, no memory) and compared
     with the file's tensor names, shapes and dtypes, so a 1 MB file naming a 7-billion-parameter trunk is
-    refused before anything large is allocated.
+    refused before anything large is allocated. A trunk stored by reference is read from this machine's caches
+    only: loading never downloads, and a missing file is named (:func:`~multihead.model.trunk.local_weights_file`).
 
     Args:
-        max_trunk_parameters: refuse trunks with more parameters than this (``None``: no limit, for
-            trusted files; the architecture is then built for real, so trunks the meta device cannot
-            build, such as RegNet, load too).
+        max_trunk_parameters: refuse trunks with more parameters than this; ``"auto"`` (the default): as many as a
+            quarter of this machine's memory holds (:func:`trunk_parameter_limit`; a trunk referenced from the hub
+            takes half as much a parameter); ``None``: no limit, for trusted
+            files (the architecture is then built for real, so trunks the meta device cannot build, such as
+            RegNet, load too).
+        memory_budget: refuse a model whose preprocessing asks for inputs so large that one image through the trunk
+            would take more bytes than this (:func:`~multihead.model.memory.image_memory`); ``None``: no limit.
 
     Raises:
         CheckpointError: not a multihead file, a newer format, damaged metadata, tensors that do not fit
-            the architecture and taxonomy, a trunk over ``max_trunk_parameters``, or a trunk whose weights do
-            not match the recorded fingerprint.
+            the architecture and taxonomy, a trunk over ``max_trunk_parameters``, an input size over
+            ``memory_budget``, a trunk referenced but not on this machine, trunk weights that do not match the
+            recorded fingerprint, a header that does not match its checksum, or NaN or infinite tensors.
     """
     path = Path(path)
     header = read_header(path)
     spec = header["trunk"]
     name, fingerprint, embedded = spec["name"], spec["fingerprint"], spec["embedded"]
-    skeleton = _build(path, header, weights=None, meta=max_trunk_parameters is not None)  # trusted: no size check
+    meta = max_trunk_parameters is not None
+    skeleton = _build(path, header, weights=None, meta=meta)  # trusted: built for real, no size check
     bank_rows = _bank_rows(path, header)
     skeleton.ood.resize_bank(bank_rows)
     heads, trunk_keys = _expected_tensors(header, skeleton)
-    _check_against_header(path, header, skeleton, {**heads, **trunk_keys}, max_trunk_parameters)
+    per_parameter = HUB_BYTES_PER_PARAMETER if "hub" in spec and not embedded else BYTES_PER_PARAMETER
+    limit = (trunk_parameter_limit(per_parameter=per_parameter) if max_trunk_parameters == "auto"
+             else max_trunk_parameters)
+    _check_against_header(path, header, skeleton, {**heads, **trunk_keys}, limit,
+                          auto=per_parameter if max_trunk_parameters == "auto" else 0)
+    if memory_budget is not None:
+        _check_input_size(path, header, skeleton if meta else None, memory_budget)
     weights = None if embedded else ("imagenet" if spec.get("source") == "timm" else spec.get("weights_id"))
+    if weights is not None and "hub" in spec:  # the file the record names, checked against its sha256
+        try:
+            weights = cached_weights(spec["hub"])
+        except WeightsUnavailableError as err:
+            raise CheckpointError(f"{path}: its trunk is stored by reference, not embedded, and loading never "
+                                  f"downloads: {printable(err)}") from None
+    elif weights is not None:
+        try:
+            local_weights_file(name, weights)  # before anything is built for real
+        except ValueError as err:  # an unknown weights id: named in the metadata
+            raise CheckpointError(f"{path}: the model its metadata describes cannot be built "
+                                  f"({printable(err)})") from None
+        except WeightsUnavailableError as err:
+            raise CheckpointError(f"{path}: its trunk is stored by reference, not embedded, and loading never "
+                                  f"downloads: {printable(err)}") from None
     model = _build(path, header, weights=weights, meta=False)
     model.ood.resize_bank(bank_rows)
     trunk = model.trunk
@@ -238,6 +331,11 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
             trunk_state = {k[len("trunk."):]: reader.get_tensor(k).to(v.dtype) for k, v in trunk_keys.items()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: tensors cannot be read, the file may be truncated ({err})") from None
+    current_name = {old: new for new, old in _stored_names(header["format_version"]).items()}
+    state = {current_name.get(k, k): v for k, v in stored_heads.items()}
+    if header["format_version"] < 3:
+        state = {k: v for k, v in state.items() if not k.startswith(LEGACY_OOD)}
+    _check_finite(path, {**state, **{f"trunk.{k}": v for k, v in trunk_state.items()}})
     if embedded:
         try:
             trunk.load_weights(trunk_state)
@@ -250,10 +348,11 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         )
     if header["heads_sha256"] is not None and fingerprint_state_dict(stored_heads) != header["heads_sha256"]:
         raise CheckpointError(f"{path}: head tensors do not match the checksum in the metadata; the file is damaged")
-    current_name = {old: new for new, old in _stored_names(header["format_version"]).items()}
-    state = {current_name.get(k, k): v for k, v in stored_heads.items()}
+    if header["header_sha256"] is not None and header["header_sha256"] != header_checksum(
+            header["taxonomy"], spec, header["preprocessing"], header["joint"], header["heads_sha256"]):
+        raise CheckpointError(f"{path}: its header (taxonomy, trunk, preprocessing or joint rule) does not match the "
+                              "checksum saved with it (header_sha256): the header was edited, the file is damaged")
     if header["format_version"] < 3:
-        state = {k: v for k, v in state.items() if not k.startswith(LEGACY_OOD)}
         state["thresholds.subtype"] = state["thresholds.subtype"].expand(model.taxonomy.num_organs).clone()
     model.load_state_dict(state, strict=False)  # the trunk is loaded and verified above
     if header["format_version"] < 3:
@@ -263,6 +362,48 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
                     path, header["format_version"])
     model.metadata = header["metadata"]
     return model.to(device).eval()
+
+
+def _check_input_size(path: Path, header: dict[str, Any], skeleton: MultiHeadModel | None, budget: int) -> None:
+    """One image of the header's input size through its trunk must fit in ``budget`` bytes."""
+    size, name = header["preprocessing"].image_size, header["trunk"]["name"]
+    if skeleton is None and "hub" in header["trunk"]:  # its network is known from the record, not from its name
+        skeleton = _build(path, header, weights=None, meta=True)
+    needed = image_memory(name, size, network=None if skeleton is None else skeleton.trunk.network)
+    if needed > budget:
+        raise CheckpointError(f"{path}: its preprocessing asks for {size}x{size} px inputs, which would take about "
+                              f"{needed / 2**30:.1f} GiB per image through trunk {name!r}, more than the memory "
+                              f"budget of {budget / 2**30:.1f} GiB; pass memory_budget=None if the file is trusted")
+
+
+def _check_hub(trunk: dict[str, Any]) -> None:
+    """A hub trunk's record (its revision and file name become paths in the cache, its arguments go to timm), and its
+    name, which must be the record's."""
+    try:
+        check_record(trunk["hub"])
+    except ValueError as err:
+        raise MetadataError(str(err)) from None
+    if trunk["name"] != f"hf-hub:{trunk['hub']['id']}":
+        raise MetadataError(f"'trunk.name' {printable(trunk['name'])!r} is not the hub record's "
+                            f"'hf-hub:{trunk['hub']['id']}'")
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """No NaN anywhere, and no infinity but +inf where it means something (:data:`_MAY_BE_INFINITE`)."""
+    bad = []
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        if key in _MAY_BE_INFINITE:
+            wrong = bool(torch.isnan(tensor).any() or (tensor == float("-inf")).any())
+        else:
+            wrong = not bool(torch.isfinite(tensor).all())
+        if wrong:
+            bad.append(key)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{path}: {shown} hold{'s' if len(bad) == 1 else ''} NaN or infinite values, which no "
+                              "trained model has; the file is damaged")
 
 
 def _bank_rows(path: Path, header: dict[str, Any]) -> int:
@@ -281,12 +422,19 @@ def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> M
     spec = header["trunk"]
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
-            trunk = create_trunk(spec["name"], weights=weights, stages=spec.get("stages", ()))
+            if "hub" in spec:  # rebuilt from its record: the cache only holds the weights of a referenced one
+                trunk = hub_trunk_from_record(spec["hub"], weights=weights, stages=spec.get("stages", ()),
+                                              preprocessing=header["preprocessing"])
+            else:
+                trunk = create_trunk(spec["name"], weights=weights, stages=spec.get("stages", ()), download=False)
             trunk.tuned_from = spec.get("tuned_from")  # a tuned top: the weights are embedded, the cut recorded
             return MultiHeadModel(trunk, header["taxonomy"], preprocessing=header["preprocessing"],
                                   joint=header["joint"])
     except ValueError as err:  # an unknown trunk or weights id, an unknown joint rule: named in the metadata
         raise CheckpointError(f"{path}: the model its metadata describes cannot be built ({printable(err)})") from None
+    except WeightsUnavailableError as err:  # gone since it was looked for: loading never downloads
+        raise CheckpointError(f"{path}: its trunk is stored by reference, not embedded, and loading never "
+                              f"downloads: {printable(err)}") from None
     except (RuntimeError, NotImplementedError, TypeError, AttributeError) as err:
         if not meta:
             raise
@@ -319,15 +467,18 @@ def _stored_tensor(header: dict[str, Any], key: str) -> torch.Tensor:
 
 
 def _check_against_header(path: Path, header: dict[str, Any], skeleton: MultiHeadModel,
-                          expected: dict[str, torch.Tensor], max_parameters: int | None) -> None:
-    """Parameter count, feature width, tensor names, shapes and dtypes: the header against the architecture."""
+                          expected: dict[str, torch.Tensor], max_parameters: int | None, *, auto: int = 0) -> None:
+    """Parameter count, feature width, tensor names, shapes and dtypes: the header against the architecture; ``auto``:
+    the bytes a parameter takes to load, when the limit was chosen from them."""
     spec, trunk = header["trunk"], skeleton.trunk
     parameters = sum(v.numel() for v in trunk.network.state_dict().values())
     if max_parameters is not None and parameters > max_parameters:
+        why = (f" (a quarter of this machine's {machine_memory() / 2**30:.1f} GiB of memory, at "
+               f"{auto} bytes a parameter to load)") if auto else ""
         raise CheckpointError(
             f"{path}: trunk {spec['name']!r} has {parameters:,} parameters ({parameters * 4 / 2**30:.1f} GiB as "
-            f"float32), more than the limit of {max_parameters:,}; pass max_trunk_parameters=None if the file is "
-            "trusted")
+            f"float32), more than the limit of {max_parameters:,}{why}; pass max_trunk_parameters=None if the file "
+            "is trusted")
     if spec["num_features"] != trunk.num_features:
         raise CheckpointError(f"{path}: trunk {spec['name']!r} gives {trunk.num_features} features, its metadata "
                               f"says {spec['num_features']}")

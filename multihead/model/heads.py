@@ -240,7 +240,8 @@ def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = 
     """Build a multi-head model with freshly initialised heads.
 
     Args:
-        trunk: a torchvision or timm model name, or a :class:`~multihead.model.trunk.Trunk`.
+        trunk: a torchvision or timm model name, ``hf-hub:ORG/NAME[@REVISION]`` (a timm model in the local Hugging
+            Face cache, never downloaded), or a :class:`~multihead.model.trunk.Trunk`.
         trunk_weights: ``"imagenet"``, a weights id, a local file, or ``None`` (random, said explicitly).
         taxonomy: the organ -> subtypes layout; head sizes come from it.
         trunk_stages: inner trunk stages whose pooled outputs join the features, or ``"auto"``
@@ -258,6 +259,10 @@ def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = 
         raise TypeError(f"taxonomy must be a multihead.Taxonomy, got {type(taxonomy).__name__}")
     if not isinstance(trunk, Trunk):
         trunk = create_trunk(trunk, weights=trunk_weights, stages=trunk_stages)
+    size = preprocessing.image_size if preprocessing is not None else image_size
+    if trunk.fixed_size is not None and size is not None and size != trunk.fixed_size:
+        raise ValueError(f"trunk {trunk.name!r} takes {trunk.fixed_size}x{trunk.fixed_size} px inputs only (its "
+                         f"position embeddings are fixed), not {size}: leave image_size unset (None) to use its own")
     if preprocessing is None:
         preprocessing = trunk.preprocessing if image_size is None else trunk.preprocessing.with_size(image_size)
     model = MultiHeadModel(trunk, taxonomy, preprocessing=preprocessing)

@@ -1,4 +1,5 @@
-"""The frozen trunk: any torchvision or timm classifier with its final layer removed.
+"""The frozen trunk: any torchvision or timm classifier with its final layer removed, or a timm model from the local
+Hugging Face cache (``hf-hub:ORG/NAME``, :mod:`multihead.model.hub`).
 
 The trunk never learns by itself: its parameters need no gradient and it stays in eval mode (BatchNorm
 statistics never move) even inside a model put in train mode. That is what makes cached features valid.
@@ -11,35 +12,40 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import urllib.error
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torchvision
 from torch import nn
 
 from ..data.preprocessing import Preprocessing
+from .hub import (
+    WEIGHTS_FILES,
+    HubCacheError,
+    build_network,
+    download_command,
+    find_snapshot,
+    preprocessing_args,
+    stream_weights,
+)
+from .published import (
+    TrunkWeights,
+    WeightsUnavailableError,
+    download_torchvision,
+    is_file_like,
+    local_weights_file,
+    read_state_dict,
+    resolve_torchvision_weights,
+    source_of,
+    torchvision_preprocessing,
+    weights_mismatch,
+)
+from .trunk_specs import AUTO_STAGES, HUB_PREFIX, TOKENS, derived_stages, has_class_token, trunk_spec
 
-__all__ = ["AUTO_STAGES", "Trunk", "TrunkWeights", "WeightsUnavailableError", "create_trunk",
-           "fingerprint_state_dict"]
-
-TrunkWeights = Literal["imagenet"] | str | os.PathLike | None
-"""``"imagenet"`` (the library's published weights), a weights id such as
-``"ResNet18_Weights.IMAGENET1K_V1"``, a local ``.safetensors``/``.pth`` file, or ``None`` for random weights."""
-
-
-AUTO_STAGES = {
-    "mobilenet_v2": ("features.3", "features.6", "features.10", "features.13", "features.16", "features.17"),
-    **{name: ("layer1", "layer2", "layer3") for name in ("resnet18", "resnet34", "resnet50", "resnet101")},
-}
-"""``stages="auto"`` for torchvision trunks: the last block of every stage before the final one (timm
-trunks take theirs from ``feature_info``)."""
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Published weights could not be downloaded; the message says where to put the file instead."""
+__all__ = ["AUTO_STAGES", "TOKENS", "Trunk", "TrunkWeights", "WeightsUnavailableError", "check_hub_trunk",
+           "create_trunk", "fingerprint_state_dict", "hub_trunk_from_record", "local_weights_file",
+           "read_state_dict"]
 
 
 def fingerprint_state_dict(state: dict[str, torch.Tensor]) -> str:
@@ -61,11 +67,17 @@ class Trunk(nn.Module):
 
     ``stages`` names inner modules (``"features.13"``, ``"layer3"``) whose outputs are average-pooled and
     put before the network's own pooled features: texture statistics from earlier stages, for the price
-    of a mean over maps the forward pass computes anyway (docs/accuracy.md measures what they add).
+    of a mean over maps the forward pass computes anyway (docs/accuracy.md measures what they add). For a
+    transformer, ``stages=("cls+mean",)`` (:data:`TOKENS`) gives its class token and the mean of its patch tokens
+    side by side instead of its pooled output.
+
+    ``hub``: where a trunk from the Hugging Face hub came from (:func:`multihead.model.hub.check_record`), which
+    checkpoints keep.
     """
 
     def __init__(self, network: nn.Module, *, name: str, source: str, num_features: int,
-                 preprocessing: Preprocessing, weights_id: str | None = None, stages: Sequence[str] = ()) -> None:
+                 preprocessing: Preprocessing, weights_id: str | None = None, stages: Sequence[str] = (),
+                 hub: dict[str, object] | None = None) -> None:
         super().__init__()
         self.network = network
         self.name = name
@@ -73,16 +85,23 @@ class Trunk(nn.Module):
         self.preprocessing = preprocessing
         self.weights_id = weights_id
         self.stages = tuple(stages)
+        self.hub = hub
         self.tuned_from: str | None = None
         """The first module whose weights were tuned after the published weights were loaded (None: frozen)."""
+        self.fixed_size: int | None = None
+        """The only input side the network takes (a vision transformer built without ``dynamic_img_size``)."""
         self._captured = threading.local()  # per-thread: one trunk may serve several threads
-        for stage in self.stages:
+        self.tokens = TOKENS in self.stages
+        if self.tokens and (len(self.stages) > 1 or not has_class_token(network)):
+            raise ValueError(f"trunk {name!r} cannot pool stages {list(self.stages)}: {TOKENS!r} pools the class token "
+                             "and patch tokens of a transformer that has a class token, alone")
+        for stage in () if self.tokens else self.stages:
             try:
                 module = network.get_submodule(stage)
             except AttributeError:
                 raise ValueError(f"trunk {name!r} has no module {stage!r} to pool features from") from None
             module.register_forward_hook(self._capture)
-        self.num_features = num_features + self._stage_channels()
+        self.num_features = 2 * num_features if self.tokens else num_features + self._stage_channels()
         self._fingerprint: str | None = None
         self.requires_grad_(False)
         super().train(False)
@@ -103,7 +122,7 @@ class Trunk(nn.Module):
 
     def _stage_channels(self) -> int:
         """Channels of the pooled stages, from one small forward pass (shapes are not declared anywhere)."""
-        if not self.stages:
+        if not self.stages or self.tokens:
             return 0
         with torch.no_grad():
             self._captured.pooled = []
@@ -121,6 +140,9 @@ class Trunk(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.tokens:  # [class token | mean of the patch tokens], after the final norm
+            tokens = self.network.forward_features(images)
+            return torch.cat([tokens[:, 0], tokens[:, self.network.num_prefix_tokens:].mean(1)], 1)
         if not self.stages:
             return self.network(images).flatten(1)
         self._captured.pooled = []
@@ -160,6 +182,8 @@ class Trunk(nn.Module):
         }
         if self.tuned_from is not None:  # only when tuned: frozen trunks keep their headers as they were
             spec["tuned_from"] = self.tuned_from
+        if self.hub is not None:  # only from the hub: other trunks keep their headers as they were
+            spec["hub"] = dict(self.hub)
         return spec
 
     def extra_repr(self) -> str:
@@ -171,19 +195,6 @@ class Trunk(nn.Module):
 
 # --- building ---------------------------------------------------------------------------------------
 
-def _source_of(name: str) -> str:
-    if name in torchvision.models.list_models(module=torchvision.models):
-        return "torchvision"
-    import timm
-
-    if timm.is_model(name):
-        return "timm"
-    raise ValueError(
-        f"unknown trunk {name!r}: not a torchvision classification model (for example "
-        f"{', '.join(torchvision.models.list_models(module=torchvision.models)[:6])}, ...) nor a timm model"
-    )
-
-
 def _last_linear(network: nn.Module) -> tuple[str, nn.Linear]:
     found = [(n, m) for n, m in network.named_modules() if isinstance(m, nn.Linear)]
     if not found:
@@ -194,97 +205,64 @@ def _last_linear(network: nn.Module) -> tuple[str, nn.Linear]:
 def _strict_load(network: nn.Module, state: dict[str, torch.Tensor], *, allowed_missing: tuple[str, ...],
                  what: str, ignored_unexpected: tuple[str, ...] = ()) -> None:
     own = network.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(allowed_missing)]
-    unexpected = [k for k in state if k not in own and not k.startswith(ignored_unexpected)]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-             for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append(f"wrong shapes {wrong[:5]}")
-        raise ValueError(f"weights do not fit {what}: " + "; ".join(parts))
+    problem = weights_mismatch({k: tuple(v.shape) for k, v in own.items()},
+                               {k: tuple(v.shape) for k, v in state.items()},
+                               allowed_missing=allowed_missing, ignored_unexpected=ignored_unexpected)
+    if problem:
+        raise ValueError(f"weights do not fit {what}: {problem}")
     network.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or ``.pth``/``.pt`` state dict without unpickling code."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: trunk weights file does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types here, pickle refusals among them
-        raise ValueError(f"{path}: not a state dict torch can load with weights_only=True ({err})") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
-    return state
-
-
-def _download_torchvision(weights: torchvision.models.WeightsEnum, progress: bool) -> dict[str, torch.Tensor]:
-    try:
-        return weights.get_state_dict(progress=progress, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as err:
-        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-        raise WeightsUnavailableError(
-            f"could not get {weights} from {weights.url} ({err}). Without network access, copy that file to "
-            f"{target}, or pass trunk_weights='path/to/weights.pth' (or .safetensors)"
-        ) from None
-
-
 def create_trunk(name: str = "resnet18", *, weights: TrunkWeights = "imagenet", stages: Sequence[str] | str = (),
-                 progress: bool = False) -> Trunk:
+                 progress: bool = False, download: bool = True) -> Trunk:
     """Build a frozen trunk by name, with its preprocessing.
 
     Args:
-        name: a torchvision classification model (``resnet18``, ``mobilenet_v2``, ...) or a timm model.
-        weights: ``"imagenet"`` (torchvision's default weights enum and cache, or timm's pretrained
-            weights), a torchvision weights id, a local ``.safetensors`` / ``.pth`` file, or ``None``
+        name: a torchvision classification model (``resnet18``, ``mobilenet_v2``, ...), a timm model, or
+            ``hf-hub:ORG/NAME[@REVISION]``: a timm model in the local Hugging Face cache (never downloaded;
+            :mod:`multihead.model.hub`), preprocessed as its pretrained config says.
+        weights: ``"imagenet"`` (torchvision's default weights enum and cache, timm's pretrained weights, or a
+            hub repository's own), a torchvision weights id, a local ``.safetensors`` / ``.pth`` file, or ``None``
             for random weights.
-        stages: inner modules whose average-pooled outputs join the features (see :class:`Trunk`), or
-            ``"auto"`` for the end of every stage but the last (:data:`AUTO_STAGES`).
+        stages: inner modules whose average-pooled outputs join the features (see :class:`Trunk`), ``"cls+mean"``
+            for a transformer's class token and mean of patch tokens, or ``"auto"``: what the trunk's spec says
+            (:mod:`multihead.model.trunk_specs`; without one, the end of every stage but the last of a timm CNN,
+            the tokens of a transformer with a class token).
         progress: show a download progress bar.
+        download: fetch published weights that are not on this machine; with ``False`` they must be there
+            already (:func:`local_weights_file`), or :class:`WeightsUnavailableError` names the file to provide.
+            Loading a checkpoint never downloads; ``hf-hub:`` trunks are never downloaded.
 
     Example:
         >>> trunk = create_trunk("resnet18", weights=None)
         >>> trunk.num_features
         512
     """
-    source = _source_of(name)
+    if isinstance(stages, str) and stages != "auto":  # one module name, or "cls+mean"
+        stages = (stages,)
+    if name.startswith(HUB_PREFIX):
+        return _create_hub_trunk(name, weights, stages)
+    source = source_of(name)
+    local = None if download or weights is None or is_file_like(weights) else local_weights_file(name, weights)
     if source == "timm":
-        return _create_timm_trunk(name, weights, stages)
+        return _create_timm_trunk(name, weights, stages, local)
     network = torchvision.models.get_model(name, weights=None)
     classifier_name, classifier = _last_linear(network)
-    weights_id, preprocessing = None, Preprocessing()
-    if weights is not None and not _is_file_like(weights):
-        enum = _resolve_torchvision_weights(name, str(weights))
-        network.load_state_dict(_download_torchvision(enum, progress))
+    spec = trunk_spec(name)  # its preprocessing: what every published weights of the trunk expects (tests check)
+    weights_id = None
+    preprocessing = Preprocessing(**(spec.preprocessing if spec and spec.preprocessing is not None else {}))
+    if weights is not None and not is_file_like(weights):
+        enum = resolve_torchvision_weights(name, str(weights))
+        network.load_state_dict(download_torchvision(enum, progress) if local is None else read_state_dict(local))
         weights_id = str(enum)
-        preset = enum.transforms()
-        preprocessing = Preprocessing(
-            image_size=int(preset.crop_size[0]), mean=tuple(preset.mean), std=tuple(preset.std),
-            interpolation="bicubic" if "BICUBIC" in str(preset.interpolation) else "bilinear",
-        )
+        if spec is None or spec.preprocessing is None:  # no spec: what the weights' own transforms say
+            preprocessing = torchvision_preprocessing(enum)
     elif weights is not None:
         _strict_load(network, read_state_dict(weights), allowed_missing=(classifier_name + ".",),
                      ignored_unexpected=(classifier_name + ".",), what=f"torchvision {name!r} ({weights})")
     _replace_module(network, classifier_name, nn.Identity())
     if stages == "auto":
-        if name not in AUTO_STAGES:
+        if name not in AUTO_STAGES:  # the CNNs with a spec (multihead.model.trunk_specs)
             raise ValueError(f"no automatic stages for trunk {name!r} (known: {', '.join(AUTO_STAGES)}); "
                              "name the modules to pool, for example stages=('layer2', 'layer3')")
         stages = AUTO_STAGES[name]
@@ -292,46 +270,26 @@ def create_trunk(name: str = "resnet18", *, weights: TrunkWeights = "imagenet", 
                  preprocessing=preprocessing, weights_id=weights_id, stages=stages)
 
 
-def _is_file_like(weights: object) -> bool:
-    return isinstance(weights, os.PathLike) or (
-        isinstance(weights, str) and (os.sep in weights or weights.endswith((".pth", ".pt", ".safetensors")))
-    )
-
-
-def _resolve_torchvision_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
-    if weights == "imagenet":
-        return torchvision.models.get_model_weights(name).DEFAULT
-    try:
-        enum = torchvision.models.get_weight(weights)
-    except (ValueError, KeyError, AttributeError):
-        raise ValueError(
-            f"unknown trunk weights {weights!r}: expected 'imagenet', a weights id such as "
-            f"{torchvision.models.get_model_weights(name).DEFAULT}, a file path, or None"
-        ) from None
-    if type(enum) is not torchvision.models.get_model_weights(name):
-        raise ValueError(f"weights {weights!r} belong to another architecture than {name!r}")
-    return enum
-
-
 def _replace_module(network: nn.Module, dotted: str, new: nn.Module) -> None:
     parent_name, _, child = dotted.rpartition(".")
     setattr(network.get_submodule(parent_name) if parent_name else network, child, new)
 
 
-def _create_timm_trunk(name: str, weights: TrunkWeights, stages: Sequence[str] | str) -> Trunk:
+def _create_timm_trunk(name: str, weights: TrunkWeights, stages: Sequence[str] | str, local: Path | None) -> Trunk:
     import timm
 
-    pretrained = weights is not None and not _is_file_like(weights)
+    pretrained = weights is not None and not is_file_like(weights)
     if pretrained and weights != "imagenet":
         raise ValueError(f"timm trunk {name!r} takes weights 'imagenet', a file path, or None; got {weights!r}")
+    overlay = {"file": str(local)} if local is not None else None  # timm reads that file: no hub, no network
     try:
-        network = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        network = timm.create_model(name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay)
     except (OSError, RuntimeError) as err:
         raise WeightsUnavailableError(
             f"could not get pretrained weights for timm model {name!r} ({err}); "
             "pass trunk_weights='path/to/weights.safetensors' instead"
         ) from None
-    if _is_file_like(weights):
+    if is_file_like(weights):
         classifier = network.pretrained_cfg.get("classifier", "head")
         _strict_load(network, read_state_dict(weights), allowed_missing=(), ignored_unexpected=(classifier + ".",),
                      what=f"timm {name!r} ({weights})")
@@ -342,6 +300,81 @@ def _create_timm_trunk(name: str, weights: TrunkWeights, stages: Sequence[str] |
     )
     weights_id = f"timm/{network.pretrained_cfg.get('hf_hub_id') or name}" if pretrained else None
     if stages == "auto":
-        stages = [info["module"] for info in getattr(network, "feature_info", [])[:-1]]
-    return Trunk(network, name=name, source="timm", num_features=network.num_features,
-                 preprocessing=preprocessing, weights_id=weights_id, stages=stages)
+        spec = trunk_spec(name)
+        stages = spec.stages if spec is not None else derived_stages(network, feature_info=True)
+    trunk = Trunk(network, name=name, source="timm", num_features=network.num_features,
+                  preprocessing=preprocessing, weights_id=weights_id, stages=stages)
+    trunk.fixed_size = _fixed_size(network)
+    return trunk
+
+
+def _fixed_size(network: nn.Module) -> int | None:
+    """The only input side a timm vision transformer takes (its patch embedding is strict about it), or None."""
+    embed = getattr(network, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    return int(size[-1]) if getattr(embed, "strict_img_size", False) and size else None
+
+
+# --- trunks from the Hugging Face hub cache (multihead.model.hub) ------------------------------------------
+
+def _create_hub_trunk(name: str, weights: TrunkWeights, stages: Sequence[str] | str) -> Trunk:
+    snapshot = find_snapshot(name)
+    if weights is not None and not is_file_like(weights) and weights != "imagenet":
+        raise ValueError(f"hub trunk {name!r} takes weights 'imagenet' (its repository's own), a file path, or None; "
+                         f"got {weights!r}")
+    if is_file_like(weights) and not Path(weights).is_file():
+        raise ValueError(f"{os.fspath(weights)}: trunk weights file does not exist")
+    with torch.device("meta"):  # an architecture timm cannot build is named before any weights are looked at
+        build_network(snapshot.record())
+    if weights == "imagenet" and snapshot.weights is None:
+        raise HubCacheError(f"hub trunk {snapshot.repo_id} at revision {snapshot.revision} has no weights file "
+                            f"({' or '.join(WEIGHTS_FILES)}) in the Hugging Face cache ({snapshot.folder}): on a "
+                            f"machine with network run {download_command(snapshot.repo_id, snapshot.revision)}")
+    own = snapshot.weights if weights == "imagenet" else None
+    trunk = _hub_trunk(snapshot.record(own), stages, Preprocessing(**preprocessing_args(snapshot)),
+                       own or (Path(weights) if weights is not None else None), referenced=own is not None)
+    return trunk
+
+
+def check_hub_trunk(name: str, *, weights: TrunkWeights = "imagenet", stages: Sequence[str] | str = ()) -> None:
+    """Raise what :func:`create_trunk` would raise about hub trunk ``name`` (not in the cache, a revision it does not
+    hold, no pretrained config, an architecture timm cannot build, stages it cannot pool), without reading weights:
+    the network is built on the meta device.
+
+    Raises:
+        multihead.model.hub.HubCacheError: the repository, revision or weights file is not in the cache.
+        ValueError: anything else, one sentence naming it.
+    """
+    snapshot = find_snapshot(name)
+    if weights == "imagenet" and snapshot.weights is None:
+        _create_hub_trunk(name, weights, stages)  # raises, naming the file to get
+    with torch.device("meta"):
+        _hub_trunk(snapshot.record(), stages, Preprocessing(**preprocessing_args(snapshot)), None, referenced=False)
+
+
+def hub_trunk_from_record(record: dict[str, object], *, weights: Path | None = None, stages: Sequence[str] = (),
+                          preprocessing: Preprocessing | None = None) -> Trunk:
+    """A hub trunk rebuilt from a checkpoint's record of it (:func:`multihead.model.hub.check_record`): its
+    architecture and arguments come from the record, so no cache is needed unless ``weights`` is given: the record's
+    own weights file, found and checked by :func:`multihead.model.hub.cached_weights` (the trunk is then referenced
+    again when saved). ``None``: no weights read (the caller loads embedded ones)."""
+    return _hub_trunk(record, stages, preprocessing or Preprocessing(), weights, referenced=weights is not None)
+
+
+def _hub_trunk(record: dict[str, object], stages: Sequence[str] | str, preprocessing: Preprocessing,
+               weights: Path | None, *, referenced: bool) -> Trunk:
+    """The trunk a hub record describes; ``weights`` streamed into it (``referenced``: they are the record's file)."""
+    name = f"{HUB_PREFIX}{record['id']}"
+    network = build_network(record)
+    if weights is not None:
+        stream_weights(network, weights, what=f"hub trunk {record['id']} ({Path(weights).name})")
+    if stages == "auto":
+        spec = trunk_spec(name)
+        stages = spec.stages if spec is not None else derived_stages(network, feature_info=True)
+    if TOKENS not in stages and getattr(network, "global_pool", None) == "":
+        raise ValueError(f"hub trunk {record['id']} pools none of its tokens (global_pool ''), so its output is no "
+                         f"feature vector: use stages='{TOKENS}' (its class token and mean of patch tokens)")
+    trunk = Trunk(network, name=name, source="timm", num_features=network.num_features, preprocessing=preprocessing,
+                  weights_id=f"{name}@{record['revision']}" if referenced else None, stages=stages, hub=dict(record))
+    trunk.fixed_size = _fixed_size(network)
+    return trunk

@@ -6,7 +6,8 @@ maps and the tuned weights put back into the one trunk: inference stays one forw
 
 The split is read off a ``torch.fx`` trace of the network (the pooled stages and the cut kept as leaf
 calls), so it works for any traceable trunk whose cut is crossed by one value only (no skip connection
-reaching over it): the stage boundaries of ResNet and MobileNetV2 are such cuts.
+reaching over it): the stage boundaries of ResNet and MobileNetV2 are such cuts. Trunks from the Hugging Face hub and
+trunks pooled from their tokens are refused, with the reason (:func:`tuning_refusal`).
 """
 
 from __future__ import annotations
@@ -17,29 +18,49 @@ import torch
 from torch import fx, nn
 
 from .trunk import Trunk
+from .trunk_specs import AUTO_TUNE_FROM, HUB_FROZEN, HUB_PREFIX, TOKENS, trunk_spec
 
-__all__ = ["AUTO_TUNE_FROM", "STEM", "TrunkSplit", "resolve_tune_from", "split_trunk", "untuned_features"]
+__all__ = ["AUTO_TUNE_FROM", "STEM", "TrunkSplit", "resolve_tune_from", "split_trunk", "tuning_refusal",
+           "untuned_features"]
 
-AUTO_TUNE_FROM = {
-    "mobilenet_v2": "features.14",
-    **{name: "layer4" for name in ("resnet18", "resnet34", "resnet50", "resnet101")},
-}
-"""``tune_from="auto"``: the last stages of each supported trunk (MobileNetV2's last three inverted-residual
-blocks and final convolution; ResNet's ``layer4``). Chosen on validation accuracy (docs/accuracy.md)."""
 STEM = "stem"
 """``tune_from="stem"``: the whole trunk is tuned (nothing below the cut; no map cache)."""
 
 
 def resolve_tune_from(trunk_name: str, tune_from: str) -> str | None:
-    """``"none"`` -> ``None``; ``"auto"`` -> the trunk's entry in :data:`AUTO_TUNE_FROM`; names pass through."""
+    """``"none"`` -> ``None``; ``"auto"`` -> the trunk's entry in :data:`AUTO_TUNE_FROM` (its spec's cut, chosen on
+    validation accuracy: docs/accuracy.md); names pass through. A trunk that cannot be tuned is refused, with why."""
     if tune_from in ("none", ""):
         return None
+    refusal = tuning_refusal(trunk_name)
+    if refusal:
+        raise ValueError(refusal)
     if tune_from == "auto":
         if trunk_name not in AUTO_TUNE_FROM:
             raise ValueError(f"no automatic tune_from for trunk {trunk_name!r} (known: {', '.join(AUTO_TUNE_FROM)}); "
                              "name the first module to tune, for example tune_from='layer4'")
         return AUTO_TUNE_FROM[trunk_name]
     return tune_from
+
+
+def tuning_refusal(trunk: Trunk | str) -> str | None:
+    """Why ``trunk`` (or the trunk of that name) cannot be tuned, as a sentence; ``None`` when it can be.
+
+    Example:
+        >>> tuning_refusal("hf-hub:paige-ai/Virchow2")[:48]
+        "trunk 'hf-hub:paige-ai/Virchow2' cannot be tuned"
+    """
+    name = trunk if isinstance(trunk, str) else trunk.name
+    spec = trunk_spec(name)
+    if spec is not None and spec.untunable:
+        reason = spec.untunable
+    elif name.startswith(HUB_PREFIX):
+        reason = HUB_FROZEN
+    elif not isinstance(trunk, str) and TOKENS in trunk.stages:
+        reason = f"its features are pooled from its tokens ({TOKENS}), which no cut of the network gives"
+    else:
+        return None
+    return f"trunk {name!r} cannot be tuned: {reason}; train it frozen (tune_from='none')"
 
 
 class _Tracer(fx.Tracer):
@@ -59,6 +80,9 @@ class TrunkSplit(nn.Module):
 
     def __init__(self, trunk: Trunk, cut: str) -> None:
         super().__init__()
+        refusal = tuning_refusal(trunk)
+        if refusal:
+            raise ValueError(refusal)
         stages = tuple(trunk.stages)
         nested = [s for s in stages if s.startswith(cut + ".")] if cut != STEM else []
         if nested:

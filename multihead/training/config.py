@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from ..model.trunk_specs import stages_help, tune_from_help
+
 __all__ = ["METHODS", "PRESETS", "OptionSpec", "TrainConfig", "option_specs"]
 
 METHODS = ("multihead", "per-organ", "flat")
@@ -44,12 +46,14 @@ class TrainConfig:
         choices=("identity", "dihedral", "augmented"))
     # 640 px beat 448, 560 and 768 on the held-out images of four splits of the shared sample (448 had beaten
     # 224), at about twice the trunk's work of 448 (docs/accuracy.md, "Input size"); None: the trunk's size.
-    image_size: int | None = _setting(640, "Input side in pixels (default 640; the trunk's own when unset).", low=8)
+    image_size: int | None = _setting(
+        640, "Input side in pixels (default 640; unset in Python: the trunk's own, which an hf-hub: trunk trains at "
+        "unless this is given).", low=8)
     # pooled earlier stages beside the output, standardised for training (folded into the heads afterwards, so
     # inference is unchanged): both chosen on validation accuracy (docs/accuracy.md)
     stages: str = _setting(
-        "auto", "Earlier trunk stages whose pooled outputs join the features: auto (the end of every stage but the "
-        "last), none, or module names joined by commas (features.13,features.16).")
+        "auto", f"Earlier trunk stages whose pooled outputs join the features: auto ({stages_help()}), none, or module "
+        "names joined by commas (features.13,features.16).")
     standardize: bool = _setting(True, "Standardise the features while training the heads.", cli=False)
     # probabilities: temperature scaling on the validation split after training (changes no prediction)
     calibrate: bool = _setting(True, "Temperature scaling on the validation split.", cli=False)
@@ -68,8 +72,8 @@ class TrainConfig:
     # settings above, then stages and heads are trained together
     tune_from: str = _setting(
         "none", "Tune the shared trunk's top jointly with the heads: none (frozen, the default), auto (the last "
-        "stages: MobileNetV2 features.14, ResNet layer4), a module name to tune from, or stem (the whole trunk; "
-        "best on a GPU). Below it the trunk stays frozen and its maps are cached.")
+        f"stages: {tune_from_help()}), a module name to tune from, or stem (the whole trunk; best on a GPU). Below "
+        "it the trunk stays frozen and its maps are cached; trunks from the hub are not tuned.")
     tune_epochs: int = _setting(8, "Epochs of tuning (after the heads' warm-up).", low=1)
     tune_lr: float = _setting(1e-4, "AdamW learning rate of the tuned stages.", positive=True)
     tune_head_lr: float = _setting(1e-4, "AdamW learning rate of the router and heads while the stages are tuned.",
