@@ -295,7 +295,7 @@ def test_benchmark_cli_times_the_classify_backend_by_default(monkeypatch):
                 "warnings": []}
 
     monkeypatch.setattr(benchmark, "run_benchmark", fake_run)
-    result = runner.invoke(app, ["benchmark", "--image-size", "32", "-b", "1"])
+    result = runner.invoke(app, ["benchmark", "--image-size", "32", "-b", "1", "--no-end-to-end"])
     assert result.exit_code == 0, result.output
     from multihead.inference.config import InferenceConfig
 

@@ -14,7 +14,7 @@ import torch
 
 from ..inference.backends import BACKEND_PRECISIONS
 from .machine import machine_info
-from .systems import BACKEND_SYSTEMS, SYSTEMS, build_system
+from .systems import BACKEND_SYSTEMS, SYSTEMS, build_system, prepare_int8
 from .timing import benchmark_system, check_settings, time_steps
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,8 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
                   channels_last: Sequence[bool] = (False,), compiled: Sequence[bool] = (False,),
                   image_size: int = 224, warmup: int = 2, repeats: int = 5, seed: int = 0,
                   backends: Sequence[str] = ("torch",), rounds: int = 3,
-                  callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                  callback: Callable[[dict[str, Any]], None] | None = None,
+                  on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every system at every setting, in one process on one device; the JSON report as a dict.
 
     Systems are timed in interleaved rounds: at each precision and batch size every system runs
@@ -33,7 +34,10 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
     each row keeps its per-round images/s, and :func:`summarize` reports the ratios with their spread over
     rounds. The PyTorch systems convert their weights to channels_last whenever the input is (as timm's
     benchmark does). The other backends than torch run ``multihead`` and ``trunk_only`` only, at the
-    precisions they support, with ``channels_last`` and ``compiled`` off. ``callback`` gets each row.
+    precisions they support, with ``channels_last`` and ``compiled`` off; int8 is OpenVINO's, on a trunk quantised
+    for timing (:func:`~multihead.benchmark.systems.prepare_int8`). ``callback`` gets each row when its rounds are
+    done, ``on_progress`` a line of text at each step (building, each round of each row), so a long run shows
+    what it is doing.
 
     Example:
         >>> report = run_benchmark(batch_sizes=[2], image_size=64, repeats=1, warmup=0)  # doctest: +SKIP
@@ -53,14 +57,23 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
     settings = [(backend, cl, comp, name) for backend in backends
                 for cl, comp in (torch_settings if backend == "torch" else [(False, False)])
                 for name in systems if backend == "torch" or name in BACKEND_SYSTEMS]
-    built = {key: build_system(key[3], device=device, image_size=image_size, channels_last=key[1], compiled=key[2],
-                               channels_last_weights=key[1] and key[0] == "torch", seed=seed, backend=key[0])
-             for key in settings}
+    say = on_progress or (lambda line: logger.info("%s", line))
+    built = {}
+    for key in settings:
+        say(f"building {key[3]} ({key[0]}{', channels_last' if key[1] else ''}{', compiled' if key[2] else ''})")
+        built[key] = build_system(key[3], device=device, image_size=image_size, channels_last=key[1],
+                                  compiled=key[2], channels_last_weights=key[1] and key[0] == "torch", seed=seed,
+                                  backend=key[0])
+        if "int8" in precisions and "int8" in BACKEND_PRECISIONS[key[0]]:
+            say(f"int8 trunk of {key[3]}: {prepare_int8(built[key].model, seed=seed)}")
     for precision, batch_size in itertools.product(precisions, batch_sizes):
         keys = [key for key in settings if precision in BACKEND_PRECISIONS[key[0]]]
-        rows = {key: benchmark_system(built[key], device=device, batch_size=batch_size, image_size=image_size,
-                                      precision=precision, channels_last=key[1], compiled=key[2], warmup=warmup,
-                                      repeats=repeats, seed=seed, backend=key[0]) for key in keys}
+        rows = {}
+        for key in keys:
+            rows[key] = benchmark_system(built[key], device=device, batch_size=batch_size, image_size=image_size,
+                                         precision=precision, channels_last=key[1], compiled=key[2], warmup=warmup,
+                                         repeats=repeats, seed=seed, backend=key[0])
+            say(_progress_line(rows[key], 1, rounds))
         batch = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(seed))
         for key in keys:  # the first measurement is round 0
@@ -75,6 +88,7 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
                 times = time_steps(lambda step=step, batch=batch, precision=precision: step(batch, precision),
                                     device, repeats)
                 row["round_images_per_second"].append(batch_size / statistics.median(times))
+                say(_progress_line(row, len(row["round_images_per_second"]), rounds))
         for key in keys:
             row = rows[key]
             if row["status"] == "ok":
@@ -102,11 +116,20 @@ def run_benchmark(*, systems: Sequence[str] = SYSTEMS, device: str | torch.devic
         "threads": threads,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "image_size": image_size,
+        "trunk": "resnet18",
+        "weights": "random (seeded): speed does not depend on the values; not the bundled model",
         "rounds": rounds,
         "machine": machine,
         "results": results,
         "warnings": warnings,
     }
+
+
+def _progress_line(row: dict[str, Any], done: int, rounds: int) -> str:
+    speed = (f"{row['round_images_per_second'][-1]:.1f} images/s" if row.get("round_images_per_second")
+             else f"{row['images_per_second']:.1f} images/s" if row["status"] == "ok" else row["status"])
+    return (f"round {done}/{rounds}: {row['system']} on {row['backend']} {row['precision']}, batch "
+            f"{row['batch_size']}: {speed}")
 
 
 RATIO_SPREAD_WARNING = 0.2

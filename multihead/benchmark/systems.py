@@ -24,7 +24,10 @@ logger = logging.getLogger(__name__)
 SYSTEMS = ("multihead", "eight_models", "cascade", "trunk_only")
 BACKEND_SYSTEMS = ("multihead", "trunk_only")
 """The systems that run on every backend; the others are PyTorch modules."""
-PRECISIONS = tuple(PRECISION_DTYPES)
+PRECISIONS = (*PRECISION_DTYPES, "int8")
+"""What the benchmarks time: PyTorch's precisions, and int8 (a quantised trunk, OpenVINO only)."""
+INT8_CALIBRATION = 16
+"""Random images a random-weight trunk is quantised with for timing: speed does not depend on the ranges."""
 
 
 @dataclass
@@ -99,6 +102,21 @@ def model_system(model: MultiHeadModel, *, name: str = "multihead", backend: str
 
     counted = model if name == "multihead" else model.trunk
     return BenchSystem(name, step, sum(p.numel() for p in counted.parameters()), model, channels_last_weights)
+
+
+def prepare_int8(model: MultiHeadModel, *, seed: int = 0) -> str:
+    """Make sure ``model``'s trunk has an int8 graph on this machine for timing: the cached one (from
+    ``multihead tune-precision``, calibrated on real images) when there is one, else one quantised on
+    :data:`INT8_CALIBRATION` random images (what the ranges are does not change the speed). Returns which."""
+    from ..inference.quantize import cached_trunk, quantize_trunk
+
+    if cached_trunk(model) is not None:
+        return "cached"
+    size = model.preprocessing.image_size
+    images = torch.randint(0, 256, (INT8_CALIBRATION, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(seed))
+    quantize_trunk(model, list(images))
+    return f"quantised on {INT8_CALIBRATION} random images"
 
 
 def build_system(name: str, *, device: str | torch.device = "cpu", image_size: int = 224,

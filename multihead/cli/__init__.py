@@ -11,13 +11,14 @@ from __future__ import annotations
 from ._app import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, app
 from .benchmarking import benchmark
 from .checkpoints import evaluate, export, info
+from .precision import tune_precision
 from .predicting import classify, explain, extract
 from .serving import serve
 from .training import train
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "app", "main"]
 
-for _command in (classify, extract, info, export, evaluate, explain, serve, benchmark, train):
+for _command in (classify, extract, info, export, evaluate, explain, serve, benchmark, train, tune_precision):
     app.command()(_command)  # in this order in --help
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ._app import (
@@ -19,6 +18,7 @@ from ._app import (
     console,
     err_console,
 )
+from .precision import PRECISION_CHOICES, PRECISION_HELP, auto_line, checked_precision, guard_table
 
 
 @_library_errors
@@ -26,15 +26,25 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
     """Describe a checkpoint (taxonomy, trunk, preprocessing, training) without loading its tensors."""
     from ..model.checkpoint import read_header
     from ..model.locate import locate_model
+    from ..model.trunk_specs import TOKENS
 
     path = locate_model(model)
     header = read_header(path)  # checked against the header schema: every field below has its type
     trunk, taxonomy = header["trunk"], header["taxonomy"]
     stages = f" (pooled from {_shown(', '.join(trunk['stages']))} and the output)" if trunk.get("stages") else ""
+    if trunk.get("stages") == [TOKENS]:
+        stages = " (its class token and the mean of its patch tokens)"
     console.print(f"[bold]{_shown(path)}[/] (checkpoint format {header['format_version']})", highlight=False)
     console.print(f"trunk: {_shown(trunk['name'])} ({_shown(trunk.get('source'))}), weights "
                   f"{_shown(trunk.get('weights_id') or 'embedded')}, fingerprint {trunk['fingerprint'][:16]}..., "
                   f"{trunk['num_features']} features{stages}", highlight=False)
+    if trunk.get("hub"):
+        hub = trunk["hub"]
+        where = "embedded" if trunk["embedded"] else "read from the local Hugging Face cache, never downloaded"
+        weights = f"{hub['file']} (sha256 {hub['sha256'][:16]}...)" if hub.get("file") else "not its repository's"
+        console.print(f"from the hub: {_shown(hub['id'])} at revision {hub['revision'][:12]}, weights "
+                      f"{_shown(weights)}, {where}; licence {_shown(hub.get('licence') or 'not stated')}",
+                      highlight=False)
     if trunk.get("tuned_from"):
         console.print(f"tuned: the trunk's stages from {_shown(trunk['tuned_from'])} up were trained with the heads "
                       "(embedded weights); the stages below are the published weights, frozen", highlight=False)
@@ -61,7 +71,11 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
         console.print(scores)
     from ..evaluation.trust_state import describe_trust  # the trust state: thresholds, calibration, OOD
     for line in describe_trust(metadata):
-        console.print(escape(line), highlight=False, soft_wrap=True)
+        console.print(_shown(line), highlight=False, soft_wrap=True)
+    guard = guard_table(metadata)  # reduced precision: what was measured, and what auto runs on this machine
+    if guard is not None:
+        console.print(guard)
+    console.print(_shown(auto_line(metadata, trunk, header["preprocessing"])), highlight=False, soft_wrap=True)
 
 @_library_errors
 def export(
@@ -101,24 +115,30 @@ def evaluate(
         help="Folder of images that are none of the subtypes, one folder per group (as shared/data/near-ood): per "
              "group, the share flagged and the share still given an organ or a subtype, AUROC and FPR at 95% TPR.",
         exists=True, file_okay=False)] = None,
+    precision: Annotated[str, typer.Option(callback=_one_of(*PRECISION_CHOICES), help=PRECISION_HELP)] = "auto",
 ) -> None:
     """The paper's metrics per organ and subtype, beside the paper's numbers and any baselines."""
     from ..data.splits import Split
     from ..evaluation.evaluate import evaluate_folder
     from ..evaluation.reports import markdown_report, write_report
+    from ..inference.config import InferenceConfig
     from ..model.checkpoint import load
 
+    config = InferenceConfig(precision=checked_precision(precision, "cpu"))
     chosen = Split.load(split) if split else None
     loaded = load(model)
-    result, failures = evaluate_folder(loaded, data_dir, split=chosen, subset=subset, cache_dir=cache_dir)
+    err_console.print(f"trunk precision: {config.resolve('cpu', loaded).precision}", highlight=False)
+    result, failures = evaluate_folder(loaded, data_dir, split=chosen, subset=subset, cache_dir=cache_dir,
+                                       config=config)
     val_result = None
     if chosen is not None and subset == "test" and chosen.files("val"):
-        val_result, _ = evaluate_folder(loaded, data_dir, split=chosen, subset="val", cache_dir=cache_dir)
+        val_result, _ = evaluate_folder(loaded, data_dir, split=chosen, subset="val", cache_dir=cache_dir,
+                                        config=config)
     others = {}
     for path in compare or []:
         other = load(path)
         others[f"{path.stem} ({other.metadata.get('training', {}).get('config', {}).get('method', '?')})"] = (
-            evaluate_folder(other, data_dir, split=chosen, subset=subset, cache_dir=cache_dir)[0])
+            evaluate_folder(other, data_dir, split=chosen, subset=subset, cache_dir=cache_dir, config=config)[0])
     result["compare"] = others
     training = loaded.metadata.get("training", {})
     info = {"path": str(model), "trunk": loaded.trunk.name, "config": training.get("config", {})}
@@ -132,10 +152,14 @@ def evaluate(
         text += near_ood_markdown(result["ood"])
     written = write_report(report, result, loaded.taxonomy, history=loaded.metadata.get("history", []),
                            markdown=text)
-    typer.echo(text)
+    from ..model.metadata import printable  # the checkpoint's strings are data: no terminal codes reach stdout
+
+    typer.echo("\n".join(printable(line) for line in text.splitlines()))
     if as_json:
         typer.echo(json.dumps(result, default=float))
     err_console.print(f"wrote {len(written)} files to {report}")
+    for _, reason in failures:  # unreadable, or never read (a FIFO, a device): one line each, naming the file
+        err_console.print(f"  skipped {_shown(reason)}", highlight=False, soft_wrap=True)
     skipped = [reason for _, reason in (result.get("ood") or {}).get("skipped", [])]
     for reason in skipped:  # the reason names the file
         err_console.print(f"  skipped: {_shown(reason)}", highlight=False, soft_wrap=True)

@@ -21,6 +21,10 @@ from ._app import (
     console,
     err_console,
 )
+from .precision import PRECISION_CHOICES, PRECISION_HELP, checked_precision
+
+BATCH_HELP = ("Images per forward pass (default: as many as fit in 1 GiB, at most 64: 10 for the bundled model at "
+              "640 px).")
 
 
 @_library_errors
@@ -29,7 +33,7 @@ def classify(
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Show the K most probable subtypes.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=BATCH_HELP)] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     plot: Annotated[Path | None, typer.Option(help="Write the prediction figure (image + probability bars) "
                                                    "of the first image to this PNG.")] = None,
@@ -37,20 +41,22 @@ def classify(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Write one JSON line per file here, in sorted path order, instead of printing; "
                             "resumable, and split over the processes under torchrun (docs/scale-out.md).")] = None,
+    precision: Annotated[str, typer.Option(callback=_one_of(*PRECISION_CHOICES), help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Classify images: organ and subtype from one forward pass. Unreadable files are listed, not fatal."""
     from ..inference.config import InferenceConfig
     from ..inference.models import resolve_model
     from ..inference.predict import classify_files
 
+    config = InferenceConfig(batch_size=batch_size, tta=tta, precision=checked_precision(precision, device))
     if out is not None:
-        _classify_to_file(inputs, model, device, InferenceConfig(batch_size=batch_size, tta=tta), out)
+        _classify_to_file(inputs, model, device, config, out)
         return
     resolved = resolve_model(model, device=device)
     files, shown = _named_inputs(inputs)
     if plot is not None:
         _plot_prediction(files[0] if files else None, resolved, plot)
-    results = classify_files(files, resolved, config=InferenceConfig(batch_size=batch_size, tta=tta))
+    results = classify_files(files, resolved, config=config)
     table = _prediction_table(top_k)
     seen = failed = 0
     for result in _with_progress(results, len(files), enabled=err_console.is_terminal and len(files) > 1):
@@ -162,7 +168,7 @@ def extract(
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder (default: $MULTIHEAD_CACHE).")] = None,
     views: Annotated[str, typer.Option(callback=_one_of("identity", "dihedral"),
                                        help="identity, or dihedral (all 8 flips and rotations).")] = "identity",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=BATCH_HELP)] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
     """Fill the feature cache for training and evaluation; split over the processes under torchrun."""

@@ -9,7 +9,9 @@ import typer
 from ._app import (
     ModelOption,
     _library_errors,
+    _one_of,
 )
+from .precision import PRECISION_CHOICES, PRECISION_HELP, checked_precision
 
 
 @_library_errors
@@ -30,12 +32,16 @@ def serve(
     allow_origin: Annotated[list[str] | None, typer.Option(
         "--allow-origin", help="An origin (https://app.example) whose pages may POST to the server; repeat for "
                                "several. POSTs from other sites' pages get 403.")] = None,
+    precision: Annotated[str, typer.Option(callback=_one_of(*PRECISION_CHOICES), help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Web page and HTTP API: upload images, see organ, subtype, probabilities and Grad-CAM (docs/serve.md)."""
+    from ..inference.config import InferenceConfig
     from ..serve import ServeSettings, run_server
 
+    inference = InferenceConfig(precision=checked_precision(precision, device))
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                              max_queue=max(ServeSettings.max_queue, max_batch or 0),
                              allowed_origins=tuple(allow_origin or ()))
-    run_server(model, host=host, port=port, device=device, settings=settings)  # MissingExtraError: a RuntimeError
+    run_server(model, host=host, port=port, device=device, settings=settings,  # MissingExtraError: a RuntimeError
+               inference=inference)

@@ -109,13 +109,17 @@ def check_is_file(path: str | bytes | os.PathLike, name: str | None = None) -> N
     raise ImageError(f"{name}: {problem}")
 
 
-def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               reduce_to: int | None = None) -> Image.Image:
     """Decode an image file into an RGB PIL image (EXIF orientation applied, first frame of animations).
 
     Args:
         path: the file; its contents, not its extension, decide the format (JPEG, PNG, BMP, TIFF, GIF, WebP).
         max_pixels: refuse images with more pixels than this, from the header alone, before decoding.
             ``None`` lifts this limit (Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` still applies).
+        reduce_to: the side the image will be resized to; when given, a JPEG at least four times that side is
+            decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) and box-reduced, never below twice that side,
+            as :func:`decode_image` does for uploads. Other formats, and smaller JPEGs, decode as without it.
 
     Raises:
         ImageError: the file is missing, unreadable, not an image, truncated, larger than ``max_pixels``, with a
@@ -128,7 +132,7 @@ def read_image(path: str | bytes | os.PathLike, *, max_pixels: int | None = DEFA
     name = describe_input(path)
     check_is_file(path, name)
     with _decoding_errors(name), open(path, "rb") as handle:
-        return _decode(handle, name, max_pixels)
+        return _decode(handle, name, max_pixels, reduce_to)
 
 
 def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -245,12 +249,15 @@ def _check_while_reading(image: Image.Image, name: str, time_limit: float | None
 _REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
 
 
-def _decode(handle: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+def _decode(handle: BinaryIO, name: str, max_pixels: int | None, reduce_to: int | None = None) -> Image.Image:
     # Pillow's warnings (corrupt EXIF, oversized tags, its own bomb warning: max_pixels is the limit here)
     # are silenced: the outcome is an image or one ImageError.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = _open_checked(handle, name, max_pixels)
+        if reduce_to is not None and image.format == "JPEG":
+            image.draft("RGB", (2 * reduce_to, 2 * reduce_to))
+            return finish_decoding(image, name=name, reduce_to=reduce_to)
         image.seek(0)
         image.load()
         return pil_to_rgb(image, source=name)
@@ -391,8 +398,10 @@ def _to_uint8_chw(tensor: torch.Tensor, source: str) -> torch.Tensor:
     return out.contiguous()
 
 
-def to_rgb_tensor(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Any supported input -> a 3xHxW uint8 tensor on the CPU.
+def to_rgb_tensor(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  reduce_to: int | None = None) -> torch.Tensor:
+    """Any supported input -> a 3xHxW uint8 tensor on the CPU (a large JPEG file reduced while decoded with
+    ``reduce_to``: :func:`read_image`).
 
     Accepts a file path (``str``, ``bytes`` or ``os.PathLike``), a PIL image, a numpy array (HxW or HxWxC,
     uint8 or float in [0, 1]) or a torch tensor (CxHxW, uint8 or float in [0, 1]). Alpha channels are
@@ -407,7 +416,7 @@ def to_rgb_tensor(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIX
     """
     source = describe_input(image)
     if is_path(image):
-        image = read_image(image, max_pixels=max_pixels)
+        image = read_image(image, max_pixels=max_pixels, reduce_to=reduce_to)
     if isinstance(image, Image.Image):
         rgb = pil_to_rgb(image, source=source)
         return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()

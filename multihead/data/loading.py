@@ -6,7 +6,11 @@ skipped and named the same way everywhere, and no run loses the files around it.
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -15,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .images import ImageError
 
-__all__ = ["LoadedBatch", "load_batches"]
+__all__ = ["LoadedBatch", "decode_threads", "load_batches"]
 
 T = TypeVar("T")
 
@@ -61,8 +65,14 @@ def _batch(items: list[_Item]) -> LoadedBatch:
                        [(i, err) for i, t, err in items if t is None], len(items))
 
 
+def decode_threads() -> int:
+    """Threads that decode ahead of the trunk by default: half the CPUs, at least 1, at most 4 (the trunk's own
+    threads take the rest; on 2 cores one thread decodes the next batch while the trunk runs this one)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
 def load_batches(items: Iterable[T], load: Callable[[T], torch.Tensor], *, batch_size: int,
-                 num_workers: int = 0) -> Iterator[LoadedBatch]:
+                 num_workers: int = 0, threads: int = 0) -> Iterator[LoadedBatch]:
     """``load`` every item and stack them ``batch_size`` at a time, in order.
 
     Args:
@@ -72,6 +82,9 @@ def load_batches(items: Iterable[T], load: Callable[[T], torch.Tensor], *, batch
         batch_size: with workers, inputs per batch; without, *loaded* images per batch (failures do not
             shrink the batches the trunk sees).
         num_workers: DataLoader worker processes (0: load in this process).
+        threads: with ``num_workers=0``, threads that load the next images while the caller works on this batch
+            (Pillow's decoders and torch's resize release the GIL); the items are still read lazily, in order, at
+            most two batches ahead. 0: load in the caller's thread, when it asks.
 
     Example:
         >>> for batch in load_batches(paths, preprocessing.load, batch_size=64):  # doctest: +SKIP
@@ -84,11 +97,30 @@ def load_batches(items: Iterable[T], load: Callable[[T], torch.Tensor], *, batch
         return
     pending: list[_Item] = []
     loaded = 0
-    for index, item in enumerate(items):
-        pending.append(_load_one(index, item, load))
+    results = _ahead(items, load, threads, 2 * batch_size) if threads > 0 else (
+        _load_one(index, item, load) for index, item in enumerate(items))
+    for result in results:
+        pending.append(result)
         loaded += pending[-1][1] is not None
         if loaded == batch_size:
             yield _batch(pending)
             pending, loaded = [], 0
     if pending:
         yield _batch(pending)
+
+
+def _ahead(items: Iterable[T], load: Callable[[T], torch.Tensor], threads: int, depth: int) -> Iterator[_Item]:
+    """``_load_one`` of every item, in order, ``threads`` at a time and at most ``depth`` items ahead."""
+    numbered = enumerate(items)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="multihead-decode") as pool:
+        queue: deque[Future[_Item]] = deque(pool.submit(_load_one, index, item, load)
+                                            for index, item in itertools.islice(numbered, depth))
+        try:
+            while queue:
+                result = queue.popleft().result()
+                for index, item in itertools.islice(numbered, 1):
+                    queue.append(pool.submit(_load_one, index, item, load))
+                yield result
+        finally:  # the caller stopped early: what was not started is not decoded
+            for future in queue:
+                future.cancel()

@@ -128,9 +128,15 @@ class Preprocessing:
         inv_std = 1.0 / (torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1) * 255.0)
         return ((batch.float() - mean) * inv_std).to(dtype)
 
-    def load(self, image: ImageInput) -> torch.Tensor:
-        """Any supported input -> resized 3xSxS uint8, ready to be stacked into a batch."""
-        return self.resize(to_rgb_tensor(image))
+    def load(self, image: ImageInput, *, draft: bool = False) -> torch.Tensor:
+        """Any supported input -> resized 3xSxS uint8, ready to be stacked into a batch.
+
+        With ``draft``, a JPEG file at least four times the input side is decoded at a reduced scale (Pillow's
+        draft mode, then a box reduction, never below twice the side) before the resize: a fraction of the work
+        for a large photograph, as the server decodes uploads. ``classify`` uses it; features for training and
+        evaluation decode in full.
+        """
+        return self.resize(to_rgb_tensor(image, reduce_to=self.image_size if draft else None))
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
         """Any supported input -> normalised 3xSxS float32 (what the trunk expects)."""

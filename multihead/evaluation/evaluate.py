@@ -9,6 +9,7 @@ from ..data.scan import scan_dataset
 from ..data.splits import Split
 from ..data.views import VIEWS
 from ..features.dataset import dataset_features
+from ..inference.config import InferenceConfig
 from ..model.heads import MultiHeadModel
 from .metrics import metrics_report, predict_features
 from .trust import selective_report
@@ -22,9 +23,11 @@ NOT_REGULAR = "not a regular file"
 
 def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike | Sequence[str | os.PathLike], *,
                     split: Split | None = None, subset: str = "test", cache_dir: str | os.PathLike | None = None,
-                    n_resamples: int = 1000) -> tuple[dict[str, object], list[tuple[str, str]]]:
+                    n_resamples: int = 1000, config: InferenceConfig | None = None,
+                    ) -> tuple[dict[str, object], list[tuple[str, str]]]:
     """Evaluate ``model`` on every image under ``data_dir`` (a folder, or several read as their union, as
-    training reads them), or on one subset of a split of it.
+    training reads them), or on one subset of a split of it. ``config``: how the trunk runs (precision, backend),
+    as ``classify`` would (its default: precision ``auto``).
 
     Returns the metrics report and the files that could not be read ``(relpath, reason)``.
     """
@@ -32,7 +35,7 @@ def evaluate_folder(model: MultiHeadModel, data_dir: str | os.PathLike | Sequenc
     relpaths = [r.relpath for r in scan.records] if split is None else split.files(subset)
     if not relpaths:
         raise ValueError(f"no images to evaluate in {scan.describe()}" + (f" (subset {subset!r})" if split else ""))
-    data, failures = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir)
+    data, failures = dataset_features(model, scan, relpaths, views=VIEWS[:1], cache_dir=cache_dir, config=config)
     # A FIFO or a link to a device named like an image is never read (the scan left it out); it is still a file
     # that could not be evaluated, so it is listed with the unreadable ones.
     wanted = None if split is None else set(relpaths)

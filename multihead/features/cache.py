@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from .._io import atomic_path
 from ..data.images import ImageError, check_is_file
 from ..inference.config import InferenceConfig
+from ..inference.quantize import manifest_state
 from ..model.heads import MultiHeadModel
 
 __all__ = ["MAX_FEATURE", "FeatureCache", "default_cache_dir", "file_digest"]
@@ -56,12 +57,15 @@ class FeatureCache:
     """On-disk features for one trunk, preprocessing and precision."""
 
     def __init__(self, directory: str | os.PathLike, model: MultiHeadModel, config: InferenceConfig) -> None:
+        precision = config.resolve(model.device, model).precision  # "auto" as it runs (fp32 without a guard)
         self.identity = {
             "trunk": model.trunk.name,
             "fingerprint": model.trunk.fingerprint,
             "preprocessing": model.preprocessing.to_json(),
-            "precision": config.precision,
+            "precision": precision,
         }
+        if precision == "int8":  # which quantised graph: another calibration gives other features
+            self.identity["int8"] = manifest_state(model)
         if model.trunk.stages:  # only when present: caches of single-stage trunks keep their keys
             self.identity["stages"] = list(model.trunk.stages)
         key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]

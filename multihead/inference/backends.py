@@ -13,7 +13,6 @@ fp32 precision hint, come from measurements (docs/benchmarks.md, "CPU backends")
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import tempfile
@@ -26,22 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..model import precision as _policy
 from ..model.heads import MultiHeadModel
+from ..model.precision import AUTO_ORDER, BACKEND_PRECISIONS, BACKENDS, installed_backends, openvino_precisions
 from ..model.trunk import fingerprint_state_dict
 from ..model.trunk_split import TrunkSplit
 from .export import OUTPUTS, bottom_outputs, check_onnx, export_bottom_onnx, export_onnx, require
 from .shared_weights import weights_in_use
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "Runtime", "bottom_runtime_for", "installed_backends",
-           "open_bottom_runtime", "open_runtime", "resolve_backend", "runtime_for"]
+           "open_bottom_runtime", "open_int8_runtime", "open_runtime", "openvino_precisions", "resolve_backend",
+           "runtime_for"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-AUTO_ORDER = ("openvino", "onnxruntime")
-"""What ``backend="auto"`` tries on the CPU, fastest first (measured: docs/benchmarks.md)."""
-BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
-_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+"""OpenVINO's ``INFERENCE_PRECISION_HINT`` per precision: an int8 graph runs its quantised layers in int8 whatever
+the hint, and the layers kept in fp32 (mixed precision) in f32 only with this hint (on AMX the default is bf16)."""
 _PROBE_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
 """Largest feature difference from PyTorch on the probe batch, relative to the largest feature: far above what
 the runtimes differ by here (fp32 2e-7 to 2e-6, bf16 3e-3 to 3e-2), far below a wrongly converted graph."""
@@ -94,6 +94,8 @@ class _OnnxRuntime(Runtime):
 
 
 class _OpenVino(Runtime):
+    """An OpenVINO graph: the exported ONNX file, or (int8) the quantised trunk's IR."""
+
     def __init__(self, path: Path, precision: str, threads: int, source: str) -> None:
         super().__init__("openvino", precision, threads, source)
         ov = require("openvino")
@@ -113,12 +115,6 @@ class _OpenVino(Runtime):
 _RUNTIMES = {"onnxruntime": _OnnxRuntime, "openvino": _OpenVino}
 
 
-def installed_backends() -> tuple[str, ...]:
-    """The backends this installation can run (``torch`` always; the others need ``onnx`` to export)."""
-    has = {name: importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "openvino")}
-    return ("torch", *(name for name in ("onnxruntime", "openvino") if has[name] and has["onnx"]))
-
-
 def resolve_backend(backend: str, precision: str, device: str | torch.device) -> str:
     """``"auto"`` -> the first of :data:`AUTO_ORDER` that is installed and runs ``precision`` (CPU only), else
     ``"torch"``; any other backend is returned as it is.
@@ -131,7 +127,7 @@ def resolve_backend(backend: str, precision: str, device: str | torch.device) ->
         return backend
     if torch.device(device).type != "cpu":
         return "torch"
-    installed = installed_backends()
+    installed = _policy.installed_backends()
     return next((name for name in AUTO_ORDER if name in installed and precision in BACKEND_PRECISIONS[name]),
                 "torch")
 
@@ -158,6 +154,8 @@ def open_runtime(model: MultiHeadModel, backend: str, *, precision: str = "fp32"
         torch.Size([1, 1976])
     """
     _check_backend(model, backend, precision)
+    if precision == "int8":
+        raise ValueError("an int8 trunk is not compiled from the ONNX file: use open_int8_runtime")
     threads = threads or torch.get_num_threads()
     if onnx_file is not None:
         check_onnx(onnx_file, model)
@@ -168,6 +166,26 @@ def open_runtime(model: MultiHeadModel, backend: str, *, precision: str = "fp32"
             runtime = _RUNTIMES[backend](path, precision, threads, "exported on the fly")
     _probe(model, runtime)
     return runtime
+
+
+def open_int8_runtime(model: MultiHeadModel, *, threads: int | None = None) -> Runtime:
+    """The int8 trunk of ``model`` on OpenVINO: the quantised graph cached on this machine
+    (:func:`multihead.inference.quantize.cached_trunk`, checked and rebuilt there when damaged or stale).
+
+    Raises:
+        MissingDependencyError: OpenVINO is not installed.
+        RuntimeError: no int8 trunk exists for this model on this machine, and none can be made from cached
+            calibration images.
+    """
+    from .quantize import cached_trunk
+
+    _check_backend(model, "openvino", "int8")
+    threads = threads or torch.get_num_threads()
+    quantized = cached_trunk(model, threads=threads)
+    if quantized is None:
+        raise RuntimeError("no int8 trunk of this model on this machine: `multihead tune-precision MODEL DATA` makes "
+                           "one from its training split (or multihead.inference.quantize.quantize_trunk)")
+    return _OpenVino(quantized.xml, "int8", threads, str(quantized.xml))
 
 
 def open_bottom_runtime(model: MultiHeadModel, parts: TrunkSplit, backend: str, *, precision: str = "fp32",
@@ -233,8 +251,13 @@ def runtime_for(model: MultiHeadModel, backend: str, precision: str, *, fallback
     back: run the trunk in PyTorch. Without it the error is raised.
     """
     trunk = json.dumps(model.trunk.spec(), sort_keys=True)  # weights fingerprint, and stages where a trunk has them
-    return _cached(("trunk", backend, precision, torch.get_num_threads(), trunk, model.preprocessing.to_json()),
-                   lambda: open_runtime(model, backend, precision=precision), fallback,
+    key = ("trunk", backend, precision, torch.get_num_threads(), trunk, model.preprocessing.to_json())
+    if precision == "int8":  # a quantised graph made again (tune-precision, a damaged cache) is compiled again
+        from .quantize import manifest_state
+
+        return _cached((*key, manifest_state(model)), lambda: open_int8_runtime(model), fallback,
+                       "the int8 trunk is not used, the trunk runs in fp32")
+    return _cached(key, lambda: open_runtime(model, backend, precision=precision), fallback,
                    f"{backend} is not used, the trunk runs in PyTorch")
 
 

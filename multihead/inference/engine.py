@@ -8,11 +8,13 @@ bytes), and are normalised there; the trunk may run in reduced precision, the he
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .._precision import PRECISIONS
 from ..model.heads import HeadOutput, MultiHeadModel
-from .backends import runtime_for
+from .backends import BACKEND_PRECISIONS, runtime_for
 from .config import InferenceConfig
 from .shared_weights import match_weight_layout, weights_in_use
 
@@ -36,9 +38,16 @@ def run_features(model: MultiHeadModel, batch: torch.Tensor,
     if batch.shape[0] == 0:
         raise ValueError("empty batch: at least one image is needed")
     device = model.device
-    resolved = config.resolve(device)
+    resolved = config.resolve(device, model)
     if resolved.backend != "torch":
-        runtime = runtime_for(model, resolved.backend, resolved.precision, fallback=config.backend == "auto")
+        # what "auto" chose may fall back: a reduced precision to fp32, the backend to PyTorch (at a precision it
+        # runs); what the caller named explicitly raises instead
+        by_auto = config.precision == "auto" and resolved.precision != "fp32"
+        backend_may_fall = config.backend == "auto" and resolved.precision in BACKEND_PRECISIONS["torch"]
+        runtime = runtime_for(model, resolved.backend, resolved.precision, fallback=by_auto or backend_may_fall)
+        if runtime is None and by_auto:
+            resolved = replace(resolved, precision="fp32")
+            runtime = runtime_for(model, resolved.backend, "fp32", fallback=config.backend == "auto")
         if runtime is not None:
             return runtime.features(batch).to(device)
     config = resolved

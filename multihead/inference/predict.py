@@ -7,6 +7,7 @@ The data flow is the library's: image -> preprocessing (:mod:`multihead.data`) -
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..data.images import ImageInput, describe_input, is_path
+from ..data.loading import decode_threads as decode_threads_default
 from ..data.loading import load_batches
 from ..data.views import VIEWS, apply_view
 from ..model.decision import Status, organ_marginal
@@ -149,7 +151,8 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
         img: a path, ``PIL.Image``, numpy array (HxW or HxWxC uint8), torch tensor (CxHxW), a list of
             them, or a batch: a tensor ``[B, C, H, W]`` or an array ``[B, H, W, C]`` (a list comes back).
         model: a loaded model, a checkpoint path, or ``None`` for ``$MULTIHEAD_MODEL`` / the default model.
-        batch_size: images per forward pass for lists (default from ``config``).
+        batch_size: images per forward pass for lists (default from ``config``: as many as fit in the memory
+            budget, :meth:`InferenceConfig.batch_for`).
         device: where to run (default: where the model is; the CPU for a checkpoint). A model object is
             never moved: a copy runs there instead.
         tta: average over the 8 dihedral views (default from ``config``): steadier answers, 8x the time.
@@ -181,9 +184,10 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
     if not items:
         return []
     predictions: list[Prediction] = []
-    for start in range(0, len(items), config.batch_size):
-        chunk = items[start:start + config.batch_size]
-        batch = torch.stack([resolved.preprocessing.load(item) for item in chunk])
+    batch_size = config.batch_for(resolved) if len(items) > 1 else 1
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch = torch.stack([resolved.preprocessing.load(item, draft=True) for item in chunk])
         sources = [describe_input(item) if is_path(item) else None for item in chunk]
         predictions.extend(predict_batch(resolved, batch, config, sources))
     if top_k is not None:
@@ -192,9 +196,15 @@ def classify(img: ImageInput | Sequence[ImageInput], model: ModelInput = None, *
 
 
 def classify_files(paths: Iterable[str | os.PathLike], model: ModelInput = None, *,
-                   config: InferenceConfig | None = None) -> Iterator[FileResult]:
+                   config: InferenceConfig | None = None, decode_threads: int | None = None) -> Iterator[FileResult]:
     """Classify files a batch at a time, in order. A file that cannot be read becomes a
-    :class:`FileResult` with an ``error`` and the run goes on."""
+    :class:`FileResult` with an ``error`` and the run goes on.
+
+    The next files are decoded and resized in ``decode_threads`` threads (default:
+    :func:`~multihead.data.loading.decode_threads`; 0: one at a time, when the trunk asks) while the trunk runs, and
+    a large JPEG is decoded at a reduced scale (``Preprocessing.load(..., draft=True)``), so that on a fast trunk
+    (int8, bf16) decoding does not set the pace.
+    """
     resolved = shared_model(model)
     config = config or InferenceConfig()
     names: list[str] = []
@@ -204,7 +214,9 @@ def classify_files(paths: Iterable[str | os.PathLike], model: ModelInput = None,
             names.append(describe_input(path))
             yield path
 
-    for loaded in load_batches(named(paths), resolved.preprocessing.load, batch_size=config.batch_size):
+    load = functools.partial(resolved.preprocessing.load, draft=True)
+    threads = decode_threads_default() if decode_threads is None else decode_threads
+    for loaded in load_batches(named(paths), load, batch_size=config.batch_for(resolved), threads=threads):
         predicted = {} if loaded.images is None else dict(zip(loaded.indices, predict_batch(
             resolved, loaded.images, config, [names[i] for i in loaded.indices])))  # by position: names may repeat
         errors = dict(loaded.failures)

@@ -17,6 +17,7 @@ from typing import Any
 from .checkpoint import read_header
 from .heads import MultiHeadModel
 from .metadata import printable
+from .precision import GUARD_KEY, choose_precision, guard_rows
 
 __all__ = ["model_card_data"]
 
@@ -24,7 +25,8 @@ INTENDED_USE = "Research and teaching; not for diagnosis or any clinical decisio
 
 
 def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
-    """Taxonomy, trunk, preprocessing, training settings and measured metrics of a model.
+    """Taxonomy, trunk, preprocessing, training settings and measured metrics of a model, and its precision guard
+    with what ``precision="auto"`` runs on this machine (``precision``).
 
     Args:
         model: a loaded model, a header from :func:`multihead.read_header`, or a checkpoint path (only its
@@ -66,8 +68,19 @@ def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLik
         "test": _test_summary(metadata.get("test_report")),
         "calibration": metadata.get("calibration"),
         "trust": metadata.get("trust"),
+        "precision": _precision(metadata, trunk, preprocessing),
     }
     return _finite(card)
+
+
+def _precision(metadata: Mapping[str, Any], trunk: Mapping[str, Any], preprocessing: Any) -> dict[str, Any]:
+    """The accuracy guard of reduced precision (one row per precision measured, with its verdict) and what
+    ``precision="auto"`` runs on the machine reading the card, with why."""
+    choice = choose_precision(metadata, trunk, preprocessing, device="cpu")
+    guard = metadata.get(GUARD_KEY) or {}
+    return {"guard": guard_rows(metadata), "reference": guard.get("reference"), "images": guard.get("images"),
+            "measured_on": guard.get("measured_on"),
+            "auto_here": {"precision": choice.precision, "backend": choice.backend, "reason": choice.reason}}
 
 
 def _covered(metadata: Mapping[str, Any], available: list[str]) -> list[str]:

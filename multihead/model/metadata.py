@@ -287,9 +287,73 @@ def _calibration_problems(calibration: Any) -> list[str]:
     return problems
 
 
+GUARD_PRECISIONS = ("bf16", "fp16", "int8")
+"""The precisions a guard table may hold rows for (:mod:`multihead.model.precision`)."""
+
+
+def _fraction(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if not 0.0 <= number <= 1.0:
+        raise MetadataError(f"'{where}' is {number}, it must lie in [0, 1]")
+    return number
+
+
+def _change(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if not -1.0 <= number <= 1.0:
+        raise MetadataError(f"'{where}' is {number}, it must lie in [-1, 1]")
+    return number
+
+
+def _positive(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if not (math.isfinite(number) and number > 0):
+        raise MetadataError(f"'{where}' is {number}, it must be a positive finite number")
+    return number
+
+
+def _sha256_text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise MetadataError(f"'{where}' must be 64 hexadecimal digits (a sha256)")
+    return value
+
+
+def _guard_problems(guard: Any) -> list[str]:
+    """Every damaged field of ``metadata.precision_guard`` (what ``multihead tune-precision`` writes: per reduced
+    precision its agreement with fp32, accuracy change, speed and, for int8, the graph measured), one sentence each."""
+    problems: list[str] = []
+
+    def keep(check: Any) -> Any:
+        return lambda value, where: _collect(problems, check, value, where)
+
+    def names(value: Any, where: str) -> None:
+        for index, item in enumerate(_collect(problems, _list, value, where) or []):
+            _collect(problems, _name, item, f"{where}[{index}]")
+
+    where = "metadata.precision_guard"
+    entries = _fields(guard, where, problems, {
+        "images": keep(_count), "subset": keep(_text), "date": keep(_text), "data": names,
+        "measured_on": keep(_object),
+        "not_measured": lambda value, at: _mapping_of(value, at, _text, problems)},
+        required=("precisions",)) or {}
+    _fields(entries.get("reference"), f"{where}.reference", problems, {
+        "precision": keep(_text), "backend": keep(_text), "accuracy": keep(_fraction)})
+    for name, row in (_collect(problems, _object, entries.get("precisions", {}), f"{where}.precisions") or {}).items():
+        at = f"{where}.precisions.{printable(name)}"
+        if name not in GUARD_PRECISIONS:
+            problems.append(f"'{at}' is not a precision the guard measures ({', '.join(GUARD_PRECISIONS)})")
+            continue
+        _fields(row, at, problems, {
+            "backend": keep(_text), "agreement": keep(_fraction), "accuracy": keep(_fraction),
+            "accuracy_change": keep(_change), "speed_vs_fp32": keep(_positive),
+            "calibration_sha256": keep(_sha256_text), "calibration_images": keep(_count), "fp32_quantizers": names},
+            required=("backend", "agreement", "accuracy_change") + (("calibration_sha256",) if name == "int8" else ()))
+    return problems
+
+
 def check_metadata(value: Any, *, organs: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The free-form ``metadata`` field: unknown keys pass, the ones multihead reads are typed (``trust`` and
-    ``calibration`` field by field, every damaged one named).
+    """The free-form ``metadata`` field: unknown keys pass, the ones multihead reads are typed (``trust``,
+    ``calibration`` and ``precision_guard`` field by field, every damaged one named).
 
     Args:
         organs: the taxonomy's organ names; ``available_organs`` must be among them.
@@ -301,7 +365,8 @@ def check_metadata(value: Any, *, organs: tuple[str, ...] = ()) -> dict[str, Any
     for key in _OBJECTS_OR_NULL:
         if metadata.get(key) is not None:
             _object(metadata[key], f"metadata.{key}")
-    problems = _calibration_problems(metadata.get("calibration")) + _trust_problems(metadata.get("trust"))
+    problems = (_calibration_problems(metadata.get("calibration")) + _trust_problems(metadata.get("trust"))
+                + _guard_problems(metadata.get("precision_guard")))
     if problems:  # one sentence per damaged field: all of them, so one edit fixes the file
         raise MetadataError("; ".join(problems))
     training = metadata.get("training", {})

@@ -219,7 +219,7 @@ class _Service:
     def model_summary(self) -> dict[str, Any]:
         return {"file": self.model_file, "trunk": self.model.trunk.name,
                 "image_size": self.model.preprocessing.image_size, "device": str(self.model.device),
-                "inference": asdict(self.config.resolve(self.model.device))}
+                "inference": asdict(self.config.resolve(self.model.device, self.model))}  # precision as it runs
 
     def batching(self) -> dict[str, Any]:
         probe = None if self.batch_probe is None else {str(k): v for k, v in self.batch_probe.items()}
