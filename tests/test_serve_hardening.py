@@ -80,11 +80,11 @@ def test_past_the_server_pixel_budget_is_503_with_retry_after(client):
 
 
 def test_explain_gets_only_the_model_input(client, monkeypatch):
-    import multihead.serve.app as app_module
+    import multihead.serve.service as service_module
 
     seen = []
-    real = app_module.explain
-    monkeypatch.setattr(app_module, "explain", lambda image, model: seen.append(image) or real(image, model))
+    real = service_module.explain
+    monkeypatch.setattr(service_module, "explain", lambda image, model: seen.append(image) or real(image, model))
     response = client.post("/v1/explain", files=files(encoded(1200, 900)))
     assert response.status_code == 200, response.text
     image, = seen

@@ -212,11 +212,12 @@ def test_decoding_stops_when_the_client_is_gone(live):
 def test_thin_strips_are_refused_from_their_header(live, monkeypatch):
     """1x600,000 PNGs took 2.4 GB (two: 2.9 GB) when resized; a 1x39,999,999 one (78 KB, within max_pixels) was a
     500 after a 102 GB allocation. Now each is a 422 of one sentence, before any pixel is decoded."""
-    import multihead.serve.app as app_module
+    import multihead.serve.service as service_module
 
     decoded = []
-    real = app_module.finish_decoding
-    monkeypatch.setattr(app_module, "finish_decoding", lambda image, **kw: decoded.append(kw) or real(image, **kw))
+    real = service_module.finish_decoding
+    monkeypatch.setattr(service_module, "finish_decoding",
+                        lambda image, **kw: decoded.append(kw) or real(image, **kw))
     _, port = live
     strip = strip_png(1, 600_000)
     status, body = answer(port, request(port, [("a.png", strip), ("b.png", strip)]), timeout=10)

@@ -9,7 +9,7 @@ Connections still sending their headers are also counted apart from requests (is
 headers used to fill uvicorn's ``limit_concurrency`` and every real ``/healthz`` got 503. Now at most
 ``max_pending`` connections may be waiting for their headers; one more closes the one that has waited longest (a
 real client sends its headers in milliseconds), and requests in progress are limited by the app instead
-(:mod:`multihead.serve.app`), so header tricklers never take a real request's place.
+(:mod:`multihead.serve.middleware`), so header tricklers never take a real request's place.
 """
 
 from __future__ import annotations
