@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import multihead
-from multihead.model.checkpoint import FORMAT_1_KEYS
+from multihead.model.checkpoint_checks import FORMAT_1_KEYS
 from multihead.model.trunk import fingerprint_state_dict
 
 

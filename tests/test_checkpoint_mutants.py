@@ -21,14 +21,14 @@ from safetensors.torch import save_file
 
 import multihead
 from multihead.inference import run_batch
-from multihead.model import checkpoint
+from multihead.model import checkpoint, checkpoint_checks
 from multihead.model.checkpoint import (
-    FORMAT_1_KEYS,
     FORMAT_VERSION,
     CheckpointError,
     model_header,
     read_header,
 )
+from multihead.model.checkpoint_checks import FORMAT_1_KEYS
 
 from .legacy_checkpoints import write_legacy
 
@@ -330,7 +330,7 @@ def test_a_format_3_file_must_hold_its_bank(base, tmp_path):
 
 
 def test_a_bank_larger_than_the_limit_is_refused_before_loading(base, tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "MAX_BANK", 3)
+    monkeypatch.setattr(checkpoint_checks, "MAX_BANK", 3)
     path = _rewrite(base, tmp_path / "m.safetensors", tensors={"ood.bank": torch.zeros(4, 256, dtype=torch.float16)})
     assert _message(path) == (f"{path}: ood.bank has shape (4, 256), it must be [images, components] with at most "
                               "3 images")

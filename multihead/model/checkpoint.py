@@ -15,10 +15,9 @@ training images. Files of formats 1 and 2 load with their one subtype threshold 
 trained organ covered, and no out-of-distribution score (their Mahalanobis buffers are not read; a warning says
 so): refit it with :func:`multihead.training.fit_ood`, or train again.
 
-Since issue 36 a file also records ``header_sha256``, a checksum of what defines the model in its header (taxonomy,
-trunk, preprocessing, joint rule, heads' checksum), so an edited ``image_size`` is refused; loading never
-downloads a trunk stored by reference, refuses trunks that would not fit in memory and inputs whose forward pass
-would not fit in :data:`~multihead.model.memory.MEMORY_BUDGET`, and refuses NaN or infinite tensors.
+A file also records ``header_sha256``, a checksum of what defines the model in its header, so an edited
+``image_size`` is refused; loading never downloads, and refuses trunks too large for memory, inputs over
+:data:`~multihead.model.memory.MEMORY_BUDGET` and NaN or infinite tensors (:mod:`.checkpoint_checks`).
 
 A trunk from the Hugging Face hub (issue 41) is referenced by a record in ``trunk.hub``: hub id, revision, the weights
 file and its sha256, the architecture and its arguments (:func:`~multihead.model.hub.check_record`). Loading rebuilds
@@ -45,6 +44,15 @@ from .._io import atomic_path
 from .._precision import STORAGE_DTYPES
 from ..data.preprocessing import Preprocessing
 from ..taxonomy import Taxonomy
+from .checkpoint_checks import (
+    LEGACY_OOD,
+    CheckpointError,
+    bank_rows,
+    check_against_header,
+    check_finite,
+    expected_tensors,
+    stored_names,
+)
 from .heads import MultiHeadModel
 from .hub import cached_weights, check_record
 from .memory import MEMORY_BUDGET, image_memory, machine_memory
@@ -57,7 +65,6 @@ from .metadata import (
     parse_json,
     printable,
 )
-from .ood import MAX_BANK
 from .trunk import (
     WeightsUnavailableError,
     create_trunk,
@@ -73,32 +80,13 @@ log = logging.getLogger(__name__)
 
 FORMAT = "multihead"
 FORMAT_VERSION = 3
-FORMAT_1_KEYS = {
-    "logit_scale": "temperature.logit_scale",
-    "router_threshold": "thresholds.router",
-    "subtype_threshold": "thresholds.subtype",
-    "ood_mean": "ood.mean",
-    "ood_projection": "ood.projection",
-    "ood_class_means": "ood.class_means",
-    "ood_organ_scale": "ood.organ_scale",
-    "ood_threshold": "ood.threshold",
-}
-"""Format 1 key -> format 2 key (the buffers moved from the model into the estimators that own them)."""
-LEGACY_OOD = ("ood.", "ood_")
-"""Key prefixes of the Mahalanobis out-of-distribution buffers of formats 1 and 2 (not read)."""
 BYTES_PER_PARAMETER = 8
 """What loading takes per trunk parameter: the float32 weights built, and the copy read from the file."""
 HUB_BYTES_PER_PARAMETER = 4
 """What loading a trunk referenced from the hub takes per parameter: the float32 weights built, its file read straight
 into them (:func:`~multihead.model.hub.stream_weights`)."""
-_MAY_BE_INFINITE = frozenset({"thresholds.subtype", "ood.threshold"})
-"""Buffers where +inf means something: an organ whose subtypes are withheld, an unfitted out-of-distribution score."""
 _TRUNK_DEFAULTS: dict[str, Any] = {"source": "torchvision", "weights_id": None, "stages": [], "stored_dtype": "float32",
                                    "tuned_from": None}
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-                       torch.uint8: "U8", torch.bool: "BOOL"}
-
 
 def head_state(model: MultiHeadModel) -> dict[str, torch.Tensor]:
     """Every tensor of the state dict but the trunk's (heads, mask, estimators), detached CPU copies."""
@@ -141,10 +129,6 @@ def trunk_parameter_limit(memory: int | None = None, *, per_parameter: int = BYT
         536870912
     """
     return (machine_memory() if memory is None else memory) // 4 // per_parameter
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit; the message names the file and the mismatch."""
 
 
 def _trunk_state_as_stored(model: MultiHeadModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -296,14 +280,15 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     name, fingerprint, embedded = spec["name"], spec["fingerprint"], spec["embedded"]
     meta = max_trunk_parameters is not None
     skeleton = _build(path, header, weights=None, meta=meta)  # trusted: built for real, no size check
-    bank_rows = _bank_rows(path, header)
-    skeleton.ood.resize_bank(bank_rows)
-    heads, trunk_keys = _expected_tensors(header, skeleton)
+    bank = bank_rows(path, header)
+    skeleton.ood.resize_bank(bank)
+    heads, trunk_keys = expected_tensors(header, skeleton)
     per_parameter = HUB_BYTES_PER_PARAMETER if "hub" in spec and not embedded else BYTES_PER_PARAMETER
     limit = (trunk_parameter_limit(per_parameter=per_parameter) if max_trunk_parameters == "auto"
              else max_trunk_parameters)
-    _check_against_header(path, header, skeleton, {**heads, **trunk_keys}, limit,
-                          auto=per_parameter if max_trunk_parameters == "auto" else 0)
+    why = (f" (a quarter of this machine's {machine_memory() / 2**30:.1f} GiB of memory, at {per_parameter} bytes a "
+           "parameter to load)") if max_trunk_parameters == "auto" else ""
+    check_against_header(path, header, skeleton, {**heads, **trunk_keys}, limit, why=why)
     if memory_budget is not None:
         _check_input_size(path, header, skeleton if meta else None, memory_budget)
     weights = None if embedded else ("imagenet" if spec.get("source") == "timm" else spec.get("weights_id"))
@@ -323,7 +308,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: its trunk is stored by reference, not embedded, and loading never "
                                   f"downloads: {printable(err)}") from None
     model = _build(path, header, weights=weights, meta=False)
-    model.ood.resize_bank(bank_rows)
+    model.ood.resize_bank(bank)
     trunk = model.trunk
     try:
         with safe_open(str(path), framework="pt") as reader:
@@ -331,11 +316,11 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu",
             trunk_state = {k[len("trunk."):]: reader.get_tensor(k).to(v.dtype) for k, v in trunk_keys.items()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: tensors cannot be read, the file may be truncated ({err})") from None
-    current_name = {old: new for new, old in _stored_names(header["format_version"]).items()}
+    current_name = {old: new for new, old in stored_names(header["format_version"]).items()}
     state = {current_name.get(k, k): v for k, v in stored_heads.items()}
     if header["format_version"] < 3:
         state = {k: v for k, v in state.items() if not k.startswith(LEGACY_OOD)}
-    _check_finite(path, {**state, **{f"trunk.{k}": v for k, v in trunk_state.items()}})
+    check_finite(path, {**state, **{f"trunk.{k}": v for k, v in trunk_state.items()}})
     if embedded:
         try:
             trunk.load_weights(trunk_state)
@@ -388,35 +373,6 @@ def _check_hub(trunk: dict[str, Any]) -> None:
                             f"'hf-hub:{trunk['hub']['id']}'")
 
 
-def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """No NaN anywhere, and no infinity but +inf where it means something (:data:`_MAY_BE_INFINITE`)."""
-    bad = []
-    for key, tensor in tensors.items():
-        if not tensor.is_floating_point() or tensor.numel() == 0:
-            continue
-        if key in _MAY_BE_INFINITE:
-            wrong = bool(torch.isnan(tensor).any() or (tensor == float("-inf")).any())
-        else:
-            wrong = not bool(torch.isfinite(tensor).all())
-        if wrong:
-            bad.append(key)
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise CheckpointError(f"{path}: {shown} hold{'s' if len(bad) == 1 else ''} NaN or infinite values, which no "
-                              "trained model has; the file is damaged")
-
-
-def _bank_rows(path: Path, header: dict[str, Any]) -> int:
-    """Training images in the file's out-of-distribution bank (0 for older formats and unfitted scores)."""
-    if header["format_version"] < 3 or "ood.bank" not in header["tensors"]:
-        return 0
-    _, shape = header["tensors"]["ood.bank"]
-    if len(shape) != 2 or not 0 <= shape[0] <= MAX_BANK:
-        raise CheckpointError(f"{path}: ood.bank has shape {shape}, it must be [images, components] with at most "
-                              f"{MAX_BANK} images")
-    return shape[0]
-
-
 def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> MultiHeadModel:
     """The model the header describes; on the meta device (shapes and dtypes only) when ``meta``."""
     spec = header["trunk"]
@@ -443,72 +399,3 @@ def _build(path: Path, header: dict[str, Any], *, weights: Any, meta: bool) -> M
                               "file is trusted") from None
 
 
-def _expected_tensors(header: dict[str, Any], skeleton: MultiHeadModel
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The head and (if embedded) trunk tensors the file must hold, under the names its format stores them."""
-    version = header["format_version"]
-    stored_name = _stored_names(version)
-    heads = {stored_name.get(k, k): v for k, v in skeleton.state_dict().items() if not k.startswith("trunk.")}
-    if version < 3:  # one subtype threshold, no coverage; their out-of-distribution buffers are read as stored
-        heads = {k: v for k, v in heads.items() if not k.startswith(LEGACY_OOD) and k != "organ_covered"}
-        heads[stored_name.get("thresholds.subtype", "thresholds.subtype")] = torch.zeros(())
-        heads.update({k: _stored_tensor(header, k) for k in header["keys"] if k.startswith(LEGACY_OOD)})
-    trunk_keys = ({f"trunk.{k}": v for k, v in skeleton.trunk.network.state_dict().items()}
-                  if header["trunk"]["embedded"] else {})
-    return heads, trunk_keys
-
-
-def _stored_tensor(header: dict[str, Any], key: str) -> torch.Tensor:
-    """An empty stand-in of the shape and dtype the file says ``key`` has (a buffer of an older format that is
-    read as stored and then dropped)."""
-    dtype_name, shape = header["tensors"][key]
-    dtype = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}.get(dtype_name, torch.float32)
-    return torch.empty(shape, dtype=dtype, device="meta")
-
-
-def _check_against_header(path: Path, header: dict[str, Any], skeleton: MultiHeadModel,
-                          expected: dict[str, torch.Tensor], max_parameters: int | None, *, auto: int = 0) -> None:
-    """Parameter count, feature width, tensor names, shapes and dtypes: the header against the architecture; ``auto``:
-    the bytes a parameter takes to load, when the limit was chosen from them."""
-    spec, trunk = header["trunk"], skeleton.trunk
-    parameters = sum(v.numel() for v in trunk.network.state_dict().values())
-    if max_parameters is not None and parameters > max_parameters:
-        why = (f" (a quarter of this machine's {machine_memory() / 2**30:.1f} GiB of memory, at "
-               f"{auto} bytes a parameter to load)") if auto else ""
-        raise CheckpointError(
-            f"{path}: trunk {spec['name']!r} has {parameters:,} parameters ({parameters * 4 / 2**30:.1f} GiB as "
-            f"float32), more than the limit of {max_parameters:,}{why}; pass max_trunk_parameters=None if the file "
-            "is trusted")
-    if spec["num_features"] != trunk.num_features:
-        raise CheckpointError(f"{path}: trunk {spec['name']!r} gives {trunk.num_features} features, its metadata "
-                              f"says {spec['num_features']}")
-    _check_keys(path, header["keys"], expected)
-    stored_float = STORAGE_DTYPES[spec.get("stored_dtype", "float32")]
-    wrong = []
-    for key, reference in expected.items():
-        dtype_name, shape = header["tensors"][key]
-        dtype = stored_float if key.startswith("trunk.") and reference.is_floating_point() else reference.dtype
-        if shape != tuple(reference.shape):
-            wrong.append(f"{key} has shape {shape}, needs {tuple(reference.shape)}")
-        elif dtype_name != _SAFETENSORS_DTYPES.get(dtype):
-            wrong.append(f"{key} is stored as {dtype_name}, needs {_SAFETENSORS_DTYPES.get(dtype, dtype)}")
-    in_trunk = [problem for problem in wrong if problem.startswith("trunk.")]
-    if in_trunk:
-        raise CheckpointError(f"{path}: embedded trunk weights do not fit trunk {spec['name']!r}: "
-                              f"{'; '.join(in_trunk[:5])}")
-    if wrong:
-        raise CheckpointError(f"{path}: tensors do not fit the taxonomy in its metadata: {'; '.join(wrong[:5])}")
-
-
-def _stored_names(version: int) -> dict[str, str]:
-    """Current key -> the key a file of format ``version`` stores it under."""
-    return {new: old for old, new in FORMAT_1_KEYS.items()} if version == 1 else {}
-
-
-def _check_keys(path: Path, found: list[str], expected: dict[str, torch.Tensor]) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: tensors do not match its metadata: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
