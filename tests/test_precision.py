@@ -402,7 +402,8 @@ def test_mixed_precision_takes_quantizers_out_until_the_agreement_holds(tiny_run
     pytest.importorskip("nncf")
     from multihead.data.scan import scan_dataset
     from multihead.evaluation.precision import _labelled_batches, calibration_files
-    from multihead.inference.quantize import find_fp32_quantizers, quantize_trunk
+    from multihead.inference.mixed_precision import find_fp32_quantizers
+    from multihead.inference.quantize import quantize_trunk
 
     monkeypatch.setenv("MULTIHEAD_OPENVINO_CACHE", str(tmp_path / "openvino"))
     model = multihead.load(tiny_run / "model.safetensors")

@@ -20,7 +20,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import multihead
-from multihead.data.images import IMAGE_EXTENSIONS, ImageError, read_image, to_rgb_tensor
+from multihead.data.images import IMAGE_EXTENSIONS, ImageError, read_image
+from multihead.data.tensors import to_rgb_tensor
 from multihead.inference import classify_files
 from multihead.model.checkpoint import FORMAT_VERSION, CheckpointError
 

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 import multihead
 from multihead.cli import app
-from multihead.data.images import ImageError, read_image, to_rgb_tensor
+from multihead.data.images import ImageError, read_image
+from multihead.data.tensors import to_rgb_tensor
 from multihead.inference import run_batch
 from multihead.model.checkpoint import CheckpointError
 

@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from .images import ImageInput, to_rgb_tensor
+from .images import ImageInput
+from .tensors import to_rgb_tensor
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
 

@@ -34,7 +34,8 @@ from ..inference.backends import resolve_backend
 from ..inference.config import InferenceConfig
 from ..inference.engine import run_features
 from ..inference.export import require
-from ..inference.quantize import CALIBRATION_IMAGES, find_fp32_quantizers, quantize_trunk
+from ..inference.mixed_precision import find_fp32_quantizers
+from ..inference.quantize import CALIBRATION_IMAGES, quantize_trunk
 from ..model import precision as _policy
 from ..model.checkpoint import load, read_header, save
 from ..model.heads import MultiHeadModel

@@ -25,6 +25,7 @@ from ..data.images import ImageError, check_is_file
 from ..inference.config import InferenceConfig
 from ..inference.quantize import manifest_state
 from ..model.heads import MultiHeadModel
+from ..model.published import file_sha256
 
 __all__ = ["MAX_FEATURE", "FeatureCache", "default_cache_dir", "file_digest"]
 
@@ -43,14 +44,10 @@ def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes: the cache key, so a renamed file is still found and an edited one is not. A FIFO,
     a device or a folder is refused (:func:`~multihead.data.images.check_is_file`), never read."""
     check_is_file(path)
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as err:
         raise ImageError(f"{os.fsdecode(path)}: cannot read file ({err.strerror or err})") from None
-    return digest.hexdigest()
 
 
 class FeatureCache:

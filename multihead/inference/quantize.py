@@ -1,24 +1,17 @@
 """int8 trunks: post-training quantisation with NNCF for OpenVINO, made once per model and machine, and cached.
 
 Only the trunk is quantised (uint8 images in, pooled ``features`` out); the heads stay float32 in PyTorch, as on
-every backend. :func:`quantize_trunk` calibrates on a few hundred images (``multihead tune-precision`` takes them
-from the model's own training split), optionally leaving what some quantizers quantised in fp32 (mixed precision:
-:func:`find_fp32_quantizers`), and caches the result beside the OpenVINO cache (:func:`openvino_cache_dir`):
-
-``<cache>/int8/<trunk>-<key>/`` where ``key`` hashes the trunk's name, weights fingerprint and pooled stages and
-the preprocessing (what the model's fingerprint says about its trunk), holding
+every backend. :func:`quantize_trunk` calibrates on a few hundred images, optionally leaving what some quantizers
+quantised in fp32 (:mod:`.mixed_precision`), and caches the result in ``<cache>/int8/<trunk>-<key>/`` beside the
+OpenVINO cache, ``key`` hashing what the model's fingerprint says about its trunk and preprocessing:
 
 - ``manifest.json``: that identity, the calibration images' digest, the quantizers taken out, the tools' versions and
   the sha256 of every file below, written last (a folder without one is not a quantised trunk);
-- ``trunk-<sha>.xml`` / ``.bin``: the quantised OpenVINO graph;
-- ``calibration/<sha>.<ext>``: the calibration images (the files' own bytes, or ``.npy`` for images given as
-  tensors), so a damaged or stale graph is made again on this machine without the data folders;
-- ``probe-<sha>.npy``: the quantised trunk's features of two random images, checked again each time it is
-  compiled.
+- ``trunk-<sha>.xml`` / ``.bin``: the quantised graph; ``probe-<sha>.npy``: its features of two random images;
+- ``calibration/<sha>.<ext>``: the calibration images, so a damaged or stale graph is made again without the data.
 
-A graph whose files do not match their recorded sha256, whose identity is another model's, or whose features of the
-probe images changed, is never used: :func:`cached_trunk` rebuilds it from the cached calibration images (NNCF
-needed), or reports that there is none.
+A graph whose files do not match their sha256, whose identity is another model's, or whose probe features changed,
+is never used: :func:`cached_trunk` rebuilds it from the cached calibration images, or says there are none.
 """
 
 from __future__ import annotations
@@ -34,7 +27,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +40,10 @@ from ..data.images import ImageError, describe_input, is_path
 from ..model import precision as _precision
 from ..model.heads import MultiHeadModel
 from ..model.precision import QUANTIZED_FORMAT, openvino_cache_dir
+from ..model.published import file_sha256
 from .export import export_onnx, require
 
-__all__ = ["CALIBRATION_IMAGES", "QUANTIZED_FORMAT", "QuantizedTrunk", "cached_trunk", "find_fp32_quantizers",
+__all__ = ["CALIBRATION_IMAGES", "QUANTIZED_FORMAT", "QuantizedTrunk", "cached_trunk",
            "manifest_state", "openvino_cache_dir", "probe_images", "quantize_trunk", "quantized_dir",
            "quantized_identity"]
 
@@ -112,7 +106,7 @@ def quantize_trunk(model: MultiHeadModel, calibration: Sequence[CalibrationItem]
         calibration: image files (decoded and resized by the model's preprocessing) or uint8 ``[3, S, S]`` tensors
             at the model's size; a few hundred (:data:`CALIBRATION_IMAGES`) from the training split.
         fp32_quantizers: quantizers to take out, their activations or weights left in fp32 (mixed precision; from
-            :func:`find_fp32_quantizers`), by the names NNCF gives them (``<layer>/fq_output_0``,
+            :func:`~.mixed_precision.find_fp32_quantizers`), by the names NNCF gives them (``<layer>/fq_output_0``,
             ``<layer>/fq_weights_1``).
 
     Raises:
@@ -158,7 +152,7 @@ def _store_calibration(model: MultiHeadModel, items: Sequence[CalibrationItem], 
         else:
             raise TypeError(f"a calibration image is a file path or a uint8 tensor, got {type(item).__name__}")
         target = where / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-        if not target.is_file() or _sha256(target) != target.stem:
+        if not target.is_file() or file_sha256(target) != target.stem:
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -266,7 +260,7 @@ def _build(model: MultiHeadModel, folder: Path, stored: list[Path], fp32_quantiz
         "fp32_quantizers": sorted(fp32_quantizers),
         "quantizers": _quantizers(quantized),
         "tools": {name: _version(name) for name in ("openvino", "nncf")},
-        "files": {name: _sha256(folder / name) for name in (names[".xml"], names[".bin"], probe_name)},
+        "files": {name: file_sha256(folder / name) for name in (names[".xml"], names[".bin"], probe_name)},
         "xml": names[".xml"],
         "probe": probe_name,
     }
@@ -374,7 +368,7 @@ def _check(model: MultiHeadModel, folder: Path, manifest_path: Path,
         return "its manifest lists no graph", manifest
     for name, sha in files.items():
         path = folder / str(name)
-        if not path.is_file() or _sha256(path) != sha:
+        if not path.is_file() or file_sha256(path) != sha:
             return f"{name} is missing or damaged (its sha256 changed)", manifest
     try:
         recorded = np.load(folder / manifest["probe"], allow_pickle=False)
@@ -395,17 +389,7 @@ def _cached_calibration(folder: Path, manifest: dict[str, Any]) -> list[Path] | 
     if not isinstance(names, list) or not names:
         return None
     stored = [folder / "calibration" / str(name) for name in names]
-    if not all(p.is_file() and _sha256(p) == p.name.split(".")[0] for p in stored):
-        return None
-    return stored
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return stored if all(p.is_file() and file_sha256(p) == p.name.split(".")[0] for p in stored) else None
 
 
 def _version(package: str) -> str | None:
@@ -413,48 +397,3 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-# --- mixed precision -----------------------------------------------------------------------------------------
-
-def find_fp32_quantizers(model: MultiHeadModel, calibration: Sequence[CalibrationItem],
-                         validation: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                         metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], max_drop: float,
-                         ranking_batches: int | None = None) -> list[str]:
-    """The quantizers to take out so that the int8 trunk's ``metric`` drops by at most ``max_drop``: those NNCF's
-    accuracy control (``quantize_with_accuracy_control``) returns to fp32, having ranked every quantizer by how much
-    it costs and reverted the costliest first until the drop was within bounds.
-
-    Args:
-        calibration: as :func:`quantize_trunk`.
-        validation: ``(uint8 batch [B, 3, S, S], reference)`` pairs; ``metric(features, reference)`` scores each
-            image of a batch from the trunk's features (1 for an answer equal to the fp32 one, 0 otherwise: the
-            agreement the guard measures).
-        max_drop: the largest absolute drop of the mean metric allowed (``1 - 0.995`` for 99.5 % agreement).
-        ranking_batches: batches NNCF ranks the quantizers on (default: all).
-
-    Returns:
-        Quantizer names for :func:`quantize_trunk`'s ``fp32_quantizers`` (empty when full int8 is within bounds).
-    """
-    nncf = _nncf()
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
-
-    with tempfile.TemporaryDirectory(prefix="multihead-int8-") as scratch:
-        stored = _store_calibration(model, calibration, quantized_dir(model) / "calibration")
-        everything = set(_quantizers(_quantize(model, _trunk_graph(model, Path(scratch)), stored, ())))
-
-        def validate(compiled: Any, data: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, list[float]]:
-            scores = []
-            for batch, reference in data:
-                features = torch.from_numpy(np.asarray(compiled(batch.numpy())[compiled.output("features")]))
-                scores.append(float(metric(features, reference).double().mean()))
-            return (sum(scores) / len(scores) if scores else 0.0), scores
-
-        parameters = AdvancedAccuracyRestorerParameters(ranking_subset_size=ranking_batches)
-        with _quiet_nncf():
-            restored = nncf.quantize_with_accuracy_control(
-                _trunk_graph(model, Path(scratch)),
-                nncf.Dataset(list(stored), lambda path: _calibration_tensor(model, path)),
-                nncf.Dataset(list(validation), lambda item: item[0].numpy()), validate, max_drop=max_drop,
-                subset_size=len(stored), advanced_accuracy_restorer_parameters=parameters)
-    return sorted(everything - set(_quantizers(restored)))

@@ -1,10 +1,9 @@
 """One ``.safetensors`` file per model: metadata first, tensors second, nothing ever unpickled.
 
-The header (string -> string, structured values as JSON) is read and checked before any tensor is
-touched, so an incompatible file fails with one sentence naming the mismatch. A trunk with published
-weights (a torchvision weights id) is referenced by id and fingerprint; any other trunk is embedded.
-Writes go to a temporary file in the same folder and are renamed into place, so an interrupted save
-leaves the old file or the new one, never half of one.
+The header (string -> string, structured values as JSON) is read and checked before any tensor is touched, so an
+incompatible file fails with one sentence naming the mismatch. A trunk with published weights (a torchvision weights
+id) is referenced by id and fingerprint; any other trunk is embedded. Writes go to a temporary file in the same
+folder and are renamed into place, so an interrupted save leaves the old file or the new one, never half of one.
 
 Format 2 names the post-hoc buffers after the estimators that own them (``temperature.logit_scale``,
 ``thresholds.router``, ``ood.threshold``, ...); format 1 files, which had them flat on the model

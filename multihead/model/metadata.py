@@ -1,10 +1,9 @@
 """The schema of a checkpoint's header: every field's type, required keys and bounds, checked on reading.
 
-A checkpoint may come from anyone, so its header is data to validate before anything is built from it: a
-missing ``num_features``, ``counts`` given as a list, an ``image_size`` of 20000 or JSON nested ten thousand
-deep each get one :class:`MetadataError` sentence naming the field, never a ``KeyError`` or
-``RecursionError`` from wherever the value is first used. Strings read from a header are shown through
-:func:`printable`, which drops terminal control sequences (ESC, OSC, C1 and bidirectional overrides).
+A checkpoint may come from anyone, so its header is data to validate before anything is built from it: a missing
+``num_features``, ``counts`` given as a list, an ``image_size`` of 20000 or JSON nested ten thousand deep each get
+one :class:`MetadataError` sentence naming the field, never a ``KeyError`` from wherever the value is first used.
+Strings from a header are shown through :func:`printable`, which drops terminal control sequences.
 """
 
 from __future__ import annotations
@@ -23,13 +22,10 @@ MAX_IMAGE_SIZE = 4096
 """Largest input side a checkpoint may ask for (a 4096 px float batch of one is 200 MB)."""
 MAX_FEATURES = 65_536
 """Largest pooled feature width a trunk spec may declare."""
-MAX_ORGANS = 1024
-MAX_SUBTYPES = 16_384
+MAX_ORGANS, MAX_SUBTYPES = 1024, 16_384
 STORED_DTYPES = ("float32", "float16", "bfloat16")
-"""What an embedded trunk may be stored as (:data:`multihead._precision.STORAGE_DTYPES`; no torch import here,
-so the CLI can use :func:`printable` cheaply)."""
-MAX_NAME = 200
-"""Longest organ, subtype or trunk name, in characters."""
+"""What an embedded trunk may be stored as (``STORAGE_DTYPES``, repeated here so this module needs no torch)."""
+MAX_NAME = 200  # longest organ, subtype or trunk name, in characters
 
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves, erase
                       r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks
