@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO))
 
 from multihead.evaluation import PAPER_TEST_ACCURACY  # noqa: E402
 from multihead.model.checkpoint import read_header  # noqa: E402
+from multihead.model.precision import GUARD_KEY, guard_rows  # noqa: E402
 
 CARD = REPO / "docs" / "model-card.md"
 MODEL = REPO / "multihead" / "weights" / "default.safetensors"
@@ -121,6 +122,7 @@ def render(path: Path = MODEL) -> str:
     ]
     lines += _test_lines(test, taxonomy, available) if test else ["No test report is recorded in this file."]
     lines += _near_ood_lines(meta.get("near_ood"))
+    lines += _precision_lines(meta)
     if trust:
         lines += ["", "## Abstention and out-of-distribution inputs", "", "Fitted on the training and validation "
                   "splits (see [trust](trust.md)):", "", "```json",
@@ -220,6 +222,32 @@ def _test_lines(test: dict, taxonomy, available: list[str]) -> list[str]:
                 ci = figures["accuracy_ci95"]
                 lines.append(f"| {organ}, from `{source}` | {figures['n']} | {_pct(figures['accuracy'])} "
                              f"[{_pct(ci[0])}, {_pct(ci[1])}] | | {_pct(figures['router_recall'])} | |")
+    return lines
+
+
+def _precision_lines(meta: dict) -> list[str]:
+    """The precision guard (issue 37): what each reduced precision changed on validation, and what ``auto`` may
+    take. Which precision a machine runs depends on its instructions, so the card states the rule, not a pick."""
+    rows = guard_rows(meta)
+    if not rows:
+        return ["", "## Precision", "", "No precision guard recorded (`multihead tune-precision`): `auto` runs fp32."]
+    guard = meta[GUARD_KEY]
+    lines = ["", "## Precision", "",
+             f"Measured by `multihead tune-precision` on {guard.get('images', 'the')} validation images against "
+             f"fp32 on {guard.get('measured_on', {}).get('cpu_model', 'an unnamed CPU')}; "
+             "`auto` takes the fastest precision a machine computes natively whose agreement is at least 99.5 % "
+             "and whose accuracy is at most 0.3 points lower.", "",
+             "| precision | backend | subtypes as fp32 (%) | accuracy change | trunk speed vs fp32 | verdict |",
+             "|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        lines.append(f"| {row['precision']} | {row['backend'] or 'n/a'} | {_pct(row['agreement'])} | "
+                     + (f"{100 * row['accuracy_change']:+.2f} pt" if row["accuracy_change"] is not None else "n/a")
+                     + " | " + (f"x{row['speed_vs_fp32']:.2f}" if row["speed_vs_fp32"] else "n/a")
+                     + f" | {row['verdict']}{'; ' + row['note'] if row['note'] else ''} |")
+    passing = [row["precision"] for row in rows if row["verdict"] == "passes"]
+    lines += ["", f"`auto` may take {', '.join(passing)} where the machine computes it in hardware (`multihead info` "
+              "says what it picks there)." if passing else "No reduced precision passes: `auto` runs fp32 on "
+              "every machine."]
     return lines
 
 

@@ -91,3 +91,15 @@ def test_model_card_is_rendered_from_the_shipped_file(header):
     result = subprocess.run([sys.executable, str(REPO / "recipes" / "model_card.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bundled_model_ships_its_precision_guard(header):
+    """Issue 37: the guard is measured on the shipped file, and the card shows its table."""
+    from multihead.model.precision import GUARD_KEY, guard_rows
+
+    guard = header["metadata"][GUARD_KEY]
+    assert guard["images"] > 0 and guard["reference"]["precision"] == "fp32"
+    measured = [row["precision"] for row in guard_rows(header["metadata"]) if row["agreement"] is not None]
+    assert measured, "tune-precision measured no reduced precision"
+    card = (REPO / "docs" / "model-card.md").read_text()
+    assert "\n## Precision\n" in card and all(f"| {precision} |" in card for precision in measured)
