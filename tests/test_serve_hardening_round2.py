@@ -89,21 +89,26 @@ def request(port: int, parts: list[tuple[str, bytes]], *, origin: str | None = N
     return head.encode() + body
 
 
+def read_until(sock: socket.socket, deadline: float) -> bytes:
+    """What the server sends on ``sock`` until it closes or ``deadline`` (``time.monotonic()``) passes."""
+    received = b""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        received += data
+    return received
+
+
 def answer(port: int, raw: bytes, timeout: float) -> tuple[int, bytes]:
     """Send ``raw`` on a new connection; (status, whole response) within ``timeout`` seconds."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(raw)
-        received = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not data:
-                break
-            received += data
+        received = read_until(sock, time.monotonic() + timeout)
     assert received, f"no answer within {timeout} s"
     return int(received.split(b" ", 2)[1]), received
 
@@ -121,17 +126,7 @@ def test_a_good_request_is_answered_while_progressive_jpeg_bombs_are_sent(live):
     def attack() -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(request(port, [("bomb-1.jpg", bomb), ("bomb-2.jpg", bomb)]))
-            received, leaving = b"", time.monotonic() + 3.0  # the attacker leaves after 3 s
-            while time.monotonic() < leaving:
-                sock.settimeout(max(0.01, leaving - time.monotonic()))
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
-                    break
-                if not data:
-                    break
-                received += data
-            outcome["attack"] = received
+            outcome["attack"] = read_until(sock, time.monotonic() + 3.0)  # the attacker leaves after 3 s
 
     attacker = threading.Thread(target=attack)
     attacker.start()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .published import WeightsUnavailableError, file_sha256, weights_mismatch
+from .published import WeightsUnavailableError, file_sha256, unwrap_state_dict, weights_mismatch
 from .trunk_specs import HUB_PREFIX, trunk_spec
 
 if TYPE_CHECKING:
@@ -330,10 +330,8 @@ def stream_weights(network: nn.Module, path: str | os.PathLike, *, what: str) ->
         raise
     except Exception as err:  # damaged files: json, struct, torch and pickle raise many types
         raise HubConfigError(f"{path}: the weights of {what} are not readable ({type(err).__name__}: {err})") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    state = unwrap_state_dict(state)
+    if state is None:
         raise HubConfigError(f"{path}: the weights of {what} are not a state dict (a dict of tensors)")
     _check_fit(shapes, {k: tuple(v.shape) for k, v in state.items()}, ignored, what)
     with torch.no_grad():

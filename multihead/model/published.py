@@ -12,7 +12,7 @@ import hashlib
 import os
 import urllib.error
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torchvision
@@ -21,7 +21,7 @@ from ..data.preprocessing import Preprocessing
 
 __all__ = ["TrunkWeights", "WeightsUnavailableError", "download_torchvision", "file_sha256", "is_file_like",
            "local_weights_file", "read_state_dict", "resolve_torchvision_weights", "source_of",
-           "torchvision_preprocessing", "weights_mismatch"]
+           "torchvision_preprocessing", "unwrap_state_dict", "weights_mismatch"]
 
 TrunkWeights = Literal["imagenet"] | str | os.PathLike | None
 """``"imagenet"`` (the library's published weights), a weights id such as
@@ -64,12 +64,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types here, pickle refusals among them
         raise ValueError(f"{path}: not a state dict torch can load with weights_only=True ({err})") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    unwrapped = unwrap_state_dict(state)
+    if unwrapped is None:
         raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
-    return state
+    return unwrapped
+
+
+def unwrap_state_dict(loaded: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict inside what ``torch.load`` returned (training scripts wrap it in ``{"state_dict": ...}`` or
+    ``{"model": ...}``), or None when it is not a dict of tensors."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return None
+    return loaded
 
 
 def download_torchvision(weights: torchvision.models.WeightsEnum, progress: bool) -> dict[str, torch.Tensor]:
