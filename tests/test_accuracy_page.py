@@ -88,3 +88,25 @@ def test_sharing_sets_each_multihead_run_beside_the_baselines_of_its_settings_an
     assert [line.split(" | ")[5] for line in table] == ["90.0 -> 95.0", "90.0 -> 94.0", "90.0 -> 96.0",
                                                          "90.0 -> 93.0", "90.0 -> 92.0"]
     assert page._sharing([r for r in rows if r["config"]["method"] == "multihead"]) == []
+
+
+def _curve_row(trunk: str, images: int, seed: int, brain: float, seconds: float = 30.0) -> dict:
+    return {"trunk": trunk, "brain_train_images": images, "seed": seed, "seconds": seconds,
+            "test": {"organs": {"brain": brain}}}
+
+
+def test_the_brain_curve_predicts_from_its_own_slope_and_compares_like_with_like():
+    """Issue 34's curve: 4 points per doubling from 80 % at 400 images reach 92.9 % at 400 * 2 ** (12.9 / 4)
+    images; the frozen/tuned sentence compares means at the largest count both were run at."""
+    spec = importlib.util.spec_from_file_location("sample_extra", REPO / "benchmarks" / "accuracy_sample_extra.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    frozen = [_curve_row("frozen", n, seed, 0.80 + 0.04 * step + (0.002 if seed else -0.002))
+              for step, n in enumerate((400, 800, 1600)) for seed in (0, 1)]
+    tuned = [_curve_row("tuned", 1600, 0, 0.90, 1200.0), _curve_row("tuned", 800, 0, 0.86, 900.0)]
+    text = "\n".join(page._curve(frozen + tuned))
+    assert "4.0 test points per doubling" in text
+    assert f"about {1600 * 2 ** ((92.9 - 88.0) / 4):,.0f} brain training images" in text
+    assert "| frozen | 80.0 (79.8-80.2), 2 seeds | 84.0 (83.8-84.2), 2 seeds | 88.0 (87.8-88.2), 2 seeds |" in text
+    assert "| tuned | not run | 86.0, 1 seed | 90.0, 1 seed |" in text
+    assert "At 1,600 brain images the tuned top gives 90.0 against the frozen trunk's 88.0 (+2.0 points" in text
