@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _NO_DOWNLOADS = Path(tempfile.mkdtemp(prefix="multihead-tests-no-downloads-"))
@@ -116,3 +121,38 @@ def assert_handled_exit(result, code: int, *in_stderr: str) -> None:
 
 def _plain(text: str) -> str:
     return re.sub(r"[\s│╭╮╰╯─]+", " ", text).strip()
+
+
+def copy_real_images(sample_dir: Path, root: Path, organs: dict[str, str] | tuple[str, ...], per_subtype: int) -> Path:
+    """The first ``per_subtype`` real images of every subtype of ``organs``, copied to
+    ``root/<organ folder>/<subtype>/`` (``organs``: names, or organ -> folder name for the Kaggle layout)."""
+    folders = organs if isinstance(organs, dict) else {organ: organ for organ in organs}
+    for organ, folder in folders.items():
+        for subtype in multihead.MULTI_CANCER.organ(organ).subtype_names:
+            target = root / folder / subtype
+            target.mkdir(parents=True)
+            for path in sorted((sample_dir / organ / subtype).iterdir())[:per_subtype]:
+                shutil.copy(path, target / path.name)
+    return root
+
+
+@contextmanager
+def live_server(model: multihead.MultiHeadModel, settings) -> Iterator[tuple[object, int]]:
+    """``multihead serve`` of ``model`` in a thread of this process on a free loopback port: ``(app, port)``."""
+    import uvicorn
+
+    from multihead.serve import server_config
+
+    app, config = server_config(model, host="127.0.0.1", port=0, settings=settings, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield app, server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -34,7 +34,7 @@ from multihead.model.hub import HubCacheError, HubConfigError, find_snapshot, hu
 from multihead.model.trunk import WeightsUnavailableError, create_trunk
 from multihead.model.trunk_split import split_trunk
 
-from .conftest import assert_handled_exit
+from .conftest import assert_handled_exit, copy_real_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -123,13 +123,7 @@ def _in_the_cache(cache, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, sample_dir):
     """Five real images per subtype of two organs."""
-    root = tmp_path_factory.mktemp("hub-data")
-    for organ in ("all", "lymphoma"):
-        for subtype in multihead.MULTI_CANCER.organ(organ).subtype_names:
-            (root / organ / subtype).mkdir(parents=True)
-            for path in sorted((sample_dir / organ / subtype).iterdir())[:5]:
-                shutil.copy(path, root / organ / subtype / path.name)
-    return root
+    return copy_real_images(sample_dir, tmp_path_factory.mktemp("hub-data"), ("all", "lymphoma"), 5)
 
 
 def _timm_reference(cache: Path, repo_id: str = VIT) -> torch.nn.Module:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
 import time
 from dataclasses import replace
 
@@ -21,7 +20,9 @@ from multihead.serve.budget import PixelBudget
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient", reason="the serve extra is not installed")
 TestClient = fastapi_testclient.TestClient
-from multihead.serve import create_app, server_config  # noqa: E402
+from multihead.serve import create_app  # noqa: E402
+
+from .conftest import live_server  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SETTINGS = ServeSettings(max_upload_bytes=256 * 1024, max_pixels=4_000_000, max_request_pixels=4_500_000,
@@ -103,21 +104,9 @@ def test_healthz_counts_forward_passes(tiny_model):
 
 @pytest.fixture(scope="module")
 def live(tiny_model):
-    import uvicorn
-
     settings = replace(SETTINGS, header_timeout_s=1.0, body_timeout_s=1.5, max_upload_bytes=64 * 1024)
-    app, config = server_config(tiny_model, host="127.0.0.1", port=0, settings=settings, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield app, port
-    server.should_exit = True
-    thread.join(10)
+    with live_server(tiny_model, settings) as running:
+        yield running
 
 
 def connect(port: int) -> socket.socket:

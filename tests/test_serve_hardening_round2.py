@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from multihead.data.images import MAX_JPEG_SCANS, MAX_SIDE, ImageError, finish_decoding, open_image, read_image
-from multihead.serve import ServeSettings, server_config
+from multihead.serve import ServeSettings
 
+from .conftest import live_server
 from .test_hardening_round2 import strip_png
 
 pytest.importorskip("fastapi.testclient", reason="the serve extra is not installed")
@@ -63,19 +64,8 @@ def good_png() -> bytes:
 
 @pytest.fixture(scope="module")
 def live(tiny_model):
-    import uvicorn
-
-    app, config = server_config(tiny_model, host="127.0.0.1", port=0, settings=SETTINGS, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield app, server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
+    with live_server(tiny_model, SETTINGS) as running:
+        yield running
 
 
 def request(port: int, parts: list[tuple[str, bytes]], *, origin: str | None = None, host: str = "127.0.0.1"

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -16,21 +15,14 @@ from multihead.evaluation import feature_metrics
 from multihead.features import FeatureSet, extract_features
 from multihead.training import TrainConfig, fit_heads
 
-from .conftest import assert_handled_exit
+from .conftest import assert_handled_exit, copy_real_images
 
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory, sample_dir):
     """Six real images per subtype of three organs, in the Kaggle layout (long organ folder names)."""
-    root = tmp_path_factory.mktemp("data")
     organs = {"all": "ALL", "brain": "Brain Cancer", "lymphoma": "Lymphoma"}
-    for organ, folder in organs.items():
-        for subtype in multihead.MULTI_CANCER.organ(organ).subtype_names:
-            target = root / folder / subtype
-            target.mkdir(parents=True)
-            for path in sorted((sample_dir / organ / subtype).iterdir())[:6]:
-                shutil.copy(path, target / path.name)
-    return root
+    return copy_real_images(sample_dir, tmp_path_factory.mktemp("data"), organs, 6)
 
 
 def test_scan_matches_organs_through_subtype_folders(small_dataset):

@@ -5,7 +5,6 @@ them without that figure. An unexpected error in any command is one line and exi
 
 import importlib.util
 import json
-import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +14,7 @@ import multihead.training.tune
 from multihead.cli import app
 from multihead.evaluation.plots import plot_history, pyplot
 
-from .conftest import REPO, assert_handled_exit
+from .conftest import REPO, assert_handled_exit, copy_real_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,12 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tuned_model(tmp_path_factory, sample_dir):
     """A tuned model trained through the CLI on six real images per subtype of two organs."""
     root = tmp_path_factory.mktemp("tuned-history")
-    data = root / "data"
-    for organ in ("all", "lymphoma"):
-        for subtype in multihead.MULTI_CANCER.organ(organ).subtype_names:
-            (data / organ / subtype).mkdir(parents=True)
-            for path in sorted((sample_dir / organ / subtype).iterdir())[:6]:
-                shutil.copy(path, data / organ / subtype / path.name)
+    data = copy_real_images(sample_dir, root / "data", ("all", "lymphoma"), 6)
     out = root / "tuned.safetensors"
     scores = iter(range(100))  # every epoch beats the last: a tuning epoch is kept, the trunk is tuned
     with pytest.MonkeyPatch.context() as patch:

@@ -23,7 +23,7 @@ from multihead.training import TrainConfig
 from multihead.training.pipeline import train_from_folder
 from multihead.training.tune import _augment, _schedule, _tuning_loss
 
-from .conftest import assert_handled_exit
+from .conftest import assert_handled_exit, copy_real_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,13 +33,7 @@ TINY = {"image_size": 64, "epochs": 2, "tune_epochs": 2, "batch_size": 8}
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, sample_dir):
     """Five real images per subtype of two organs."""
-    root = tmp_path_factory.mktemp("tune-data")
-    for organ in ("all", "lymphoma"):
-        for subtype in multihead.MULTI_CANCER.organ(organ).subtype_names:
-            (root / organ / subtype).mkdir(parents=True)
-            for path in sorted((sample_dir / organ / subtype).iterdir())[:5]:
-                shutil.copy(path, root / organ / subtype / path.name)
-    return root
+    return copy_real_images(sample_dir, tmp_path_factory.mktemp("tune-data"), ("all", "lymphoma"), 5)
 
 
 @pytest.mark.parametrize(("name", "cut", "below", "above"), [
