@@ -1,18 +1,20 @@
-"""Atomic file writes: a temporary file in the target's folder, fsynced, then renamed into place.
+"""File I/O every layer shares: atomic writes and a file's sha256.
 
+Atomic writes go to a temporary file in the target's folder, fsynced, then renamed into place.
 An interrupted write (a crash, Ctrl-C, a full disk) leaves the old file or the new one, never half of one, and
 the new one has the permissions any file gets (0666 less the umask), whatever the writer did to the temporary one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "file_sha256"]
 
 
 @contextmanager
@@ -53,3 +55,12 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -20,12 +20,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .._io import atomic_path
+from .._io import atomic_path, file_sha256
 from ..data.images import ImageError, check_is_file
 from ..inference.config import InferenceConfig
 from ..inference.quantize import manifest_state
 from ..model.heads import MultiHeadModel
-from ..model.published import file_sha256
 
 __all__ = ["MAX_FEATURE", "FeatureCache", "default_cache_dir", "file_digest"]
 

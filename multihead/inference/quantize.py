@@ -35,12 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, file_sha256
 from ..data.images import ImageError, describe_input, is_path
 from ..model import precision as _precision
 from ..model.heads import MultiHeadModel
 from ..model.precision import QUANTIZED_FORMAT, openvino_cache_dir
-from ..model.published import file_sha256
 from .export import export_onnx, require
 
 __all__ = ["CALIBRATION_IMAGES", "QUANTIZED_FORMAT", "QuantizedTrunk", "cached_trunk",

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .published import WeightsUnavailableError, file_sha256, unwrap_state_dict, weights_mismatch
+from .._io import file_sha256
+from .published import WeightsUnavailableError, unwrap_state_dict, weights_mismatch
 from .trunk_specs import HUB_PREFIX, trunk_spec
 
 if TYPE_CHECKING:

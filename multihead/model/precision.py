@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._io import file_sha256
 from .._precision import missing_instructions, native_cpu_precisions
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "GUARD_KEY", "MAX_ACCURACY_DROP", "MIN_AGREEMENT",
@@ -199,12 +200,8 @@ def _sha256(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: the cache key only
+    return file_sha256(path)
 
 
 # --- the guard ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ Hugging Face cache.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 from pathlib import Path
@@ -19,7 +18,7 @@ import torchvision
 
 from ..data.preprocessing import Preprocessing
 
-__all__ = ["TrunkWeights", "WeightsUnavailableError", "download_torchvision", "file_sha256", "is_file_like",
+__all__ = ["TrunkWeights", "WeightsUnavailableError", "download_torchvision", "is_file_like",
            "local_weights_file", "read_state_dict", "resolve_torchvision_weights", "source_of",
            "torchvision_preprocessing", "unwrap_state_dict", "weights_mismatch"]
 
@@ -171,15 +170,6 @@ def resolve_torchvision_weights(name: str, weights: str) -> torchvision.models.W
     if type(enum) is not torchvision.models.get_model_weights(name):
         raise ValueError(f"weights {weights!r} belong to another architecture than {name!r}")
     return enum
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read a MiB at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_mismatch(own: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], *,
