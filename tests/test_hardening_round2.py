@@ -390,7 +390,7 @@ DAMAGED = {
                 "'metadata.trust.coverage.covered' must be a list, got a string",
                 "'metadata.trust.coverage.organs.all' must be an integer, got a string",
                 "'metadata.trust.selective.subtype_thresholds.all' must be a number, got a string",
-                "'metadata.trust.selective.rules.subtype' must be an object, got a list"]),
+                "'metadata.trust.selective.rules.subtype' must be an object or a string, got a list"]),
     "missing": ({"trust": {**TRUST, "selective": {"n": 3}}},
                 ["'metadata.trust.selective.router_threshold' is missing",
                  "'metadata.trust.selective.target_accuracy' is missing",

@@ -19,7 +19,8 @@ from multihead.data.splits import Split
 from multihead.features.cache import FeatureCache
 from multihead.inference import InferenceConfig, run_features
 from multihead.model import precision as policy
-from multihead.model.metadata import MetadataError, check_metadata
+from multihead.model.metadata import MetadataError
+from multihead.model.records import check_metadata
 
 from .conftest import assert_handled_exit
 

@@ -39,7 +39,7 @@ def test_a_tuned_history_has_epochs_without_a_training_accuracy(tuned_model):
     """What the readers below must handle (if tuning epochs ever record it, this test says the cover is gone)."""
     out, _, _ = tuned_model
     history = multihead.read_header(out)["metadata"]["history"]
-    tuning = [r for r in history if str(r["part"]).startswith("tune")]
+    tuning = [r for r in history if r["stage"] == "tune"]
     assert tuning and all("accuracy" not in r["train"] and "accuracy" in r["val"] for r in tuning)
 
 

@@ -296,7 +296,9 @@ def test_patience_counts_the_tunings_own_progress_not_the_frozen_top(tiny_data, 
     torch.manual_seed(0)
     config = TrainConfig(tune_from="layer4", **{**TINY, "tune_epochs": 6}, tune_patience=patience)
     result = train_from_folder(tiny_data, config=config, trunk="resnet18", trunk_weights=None, cache_dir=tmp_path)
-    tuning = [r for r in result.history if str(r["part"]).startswith("tune")]
+    tuning = [r for r in result.history if r["stage"] == "tune"]
+    assert {r["stage"] for r in result.history} == {"warm-up", "tune"}  # each epoch says what it trained
+    assert all(r["part"].startswith("warm-up:") for r in result.history if r["stage"] == "warm-up")
     assert len(tuning) == epochs_run and [r["epoch"] for r in tuning if r.get("best")] == kept
     assert result.model.trunk.tuned_from == "layer4"
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..model.records import read_metadata
 from ._app import (
     EXIT_PARTIAL,
     _library_errors,
@@ -54,23 +55,24 @@ def info(model: Annotated[str | None, typer.Argument(help="Checkpoint; default: 
         table.add_row(_shown(organ.name), _shown(organ.display_name), _shown(", ".join(organ.subtype_names)))
     console.print(table)
     metadata = header["metadata"]
-    if metadata.get("available_organs"):
-        console.print(f"answers only: {_shown(', '.join(metadata['available_organs']))}", highlight=False)
-    if "training" in metadata:
-        settings = metadata["training"].get("config") or {}
+    record = read_metadata(metadata)
+    if record.available_organs:
+        console.print(f"answers only: {_shown(', '.join(record.available_organs))}", highlight=False)
+    if record.training is not None:
+        settings = record.training.config or {}
         if settings.get("tune_from", "none") == "none":  # a frozen trunk: the tuning settings were never used
             settings = {k: v for k, v in settings.items() if not k.startswith("tune_") or k == "tune_from"}
         config = json.dumps(settings, default=str)
         console.print(f"training: {_shown(config)}", highlight=False, soft_wrap=True)
-    if metadata.get("metrics"):
+    if record.metrics:
         scores = Table("split", "images", "router accuracy", "subtype accuracy (end to end)", title="metrics")
-        counts = metadata.get("counts") or {}
-        for split, values in metadata["metrics"].items():
+        counts = record.counts or {}
+        for split, values in record.metrics.items():
             scores.add_row(_shown(split), str(counts.get(split, "")),
-                           f"{values['router_accuracy']:.4f}", f"{values['accuracy']:.4f}")
+                           f"{values.router_accuracy:.4f}", f"{values.accuracy:.4f}")
         console.print(scores)
     from ..evaluation.trust_state import describe_trust  # the trust state: thresholds, calibration, OOD
-    for line in describe_trust(metadata):
+    for line in describe_trust(record):
         console.print(_shown(line), highlight=False, soft_wrap=True)
     guard = guard_table(metadata)  # reduced precision: what was measured, and what auto runs on this machine
     if guard is not None:
@@ -137,11 +139,10 @@ def evaluate(
     others = {}
     for path in compare or []:
         other = load(path)
-        others[f"{path.stem} ({other.metadata.get('training', {}).get('config', {}).get('method', '?')})"] = (
+        others[f"{path.stem} ({_training_config(other.metadata).get('method', '?')})"] = (
             evaluate_folder(other, data_dir, split=chosen, subset=subset, cache_dir=cache_dir, config=config)[0])
     result["compare"] = others
-    training = loaded.metadata.get("training", {})
-    info = {"path": str(model), "trunk": loaded.trunk.name, "config": training.get("config", {})}
+    info = {"path": str(model), "trunk": loaded.trunk.name, "config": _training_config(loaded.metadata)}
     text = markdown_report(result, title=f"Evaluation of {model.name}", model_info=info, val_report=val_result,
                            compare=others)
     if ood is not None:
@@ -165,3 +166,9 @@ def evaluate(
         err_console.print(f"  skipped: {_shown(reason)}", highlight=False, soft_wrap=True)
     if failures or skipped:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _training_config(metadata: dict) -> dict:
+    """The settings a model was trained with (empty for a model that records none)."""
+    training = read_metadata(metadata).training
+    return (training.config if training else None) or {}

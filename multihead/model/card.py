@@ -18,6 +18,7 @@ from .checkpoint import read_header
 from .heads import MultiHeadModel
 from .metadata import printable
 from .precision import GUARD_KEY, choose_precision, guard_rows
+from .records import ModelMetadata, read_metadata
 
 __all__ = ["model_card_data"]
 
@@ -52,17 +53,17 @@ def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLik
         available = list(metadata.get("available_organs") or taxonomy.organ_names)
     else:
         raise TypeError(f"expected a MultiHeadModel, a checkpoint header or a path, got {type(model).__name__}")
-    training = metadata.get("training", {})
+    record = read_metadata(metadata)
     card = {
         "intended_use": INTENDED_USE,
         "taxonomy": json.loads(taxonomy.to_json()),
         "available_organs": available,
-        "covered_organs": _covered(metadata, available),
+        "covered_organs": _covered(record, available),
         "untrained_organs": [o for o in taxonomy.organ_names if o not in available],
         "trunk": {key: trunk.get(key) for key in ("name", "source", "weights_id", "fingerprint", "num_features")},
         "preprocessing": {**asdict(preprocessing), "description": preprocessing.describe()},
         "joint": joint,
-        "training": training.get("config"),
+        "training": record.training.config if record.training else None,
         "counts": metadata.get("counts"),
         "metrics": metadata.get("metrics"),
         "test": _test_summary(metadata.get("test_report")),
@@ -83,10 +84,10 @@ def _precision(metadata: Mapping[str, Any], trunk: Mapping[str, Any], preprocess
             "auto_here": {"precision": choice.precision, "backend": choice.backend, "reason": choice.reason}}
 
 
-def _covered(metadata: Mapping[str, Any], available: list[str]) -> list[str]:
+def _covered(record: ModelMetadata, available: list[str]) -> list[str]:
     """The organs the model claims: as fitted (issue 35), or every trained organ for older files."""
-    coverage = (metadata.get("trust") or {}).get("coverage") or {}
-    return list(coverage.get("covered", available))
+    coverage = record.trust.coverage if record.trust else None
+    return list(available if coverage is None or coverage.covered is None else coverage.covered)
 
 
 def _test_summary(report: Mapping[str, Any] | None) -> dict[str, Any] | None:

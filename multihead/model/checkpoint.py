@@ -57,13 +57,13 @@ from .hub import cached_weights, check_record
 from .memory import MEMORY_BUDGET, image_memory, machine_memory
 from .metadata import (
     MetadataError,
-    check_metadata,
     check_preprocessing,
     check_taxonomy,
     check_trunk,
     parse_json,
     printable,
 )
+from .records import check_metadata
 from .trunk import (
     WeightsUnavailableError,
     create_trunk,

@@ -71,7 +71,8 @@ def _fit(model: MultiHeadModel, params: list[nn.Parameter], loss_fn: LossFn,
             loss.backward()
             optimizer.step()
         model.eval()
-        record: dict[str, object] = {"epoch": epoch, "part": label, "train": feature_metrics(model, train)}
+        record: dict[str, object] = {"epoch": epoch, "part": label, "stage": "heads",
+                                     "train": feature_metrics(model, train)}
         if val is not None and len(val):
             record["val"] = feature_metrics(model, val)
         score = _score(record.get("val") or record["train"], score_key)  # type: ignore[arg-type]

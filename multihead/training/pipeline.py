@@ -22,6 +22,7 @@ from ..evaluation.trust_state import describe_trust
 from ..features.dataset import FeatureSet, dataset_features
 from ..features.maps import MapSet, labelled_maps
 from ..model.heads import MultiHeadModel, create_model
+from ..model.records import DataSource, TrainingRecord, to_dict
 from ..model.trunk import TrunkWeights
 from ..model.trunk_split import STEM, split_trunk
 from ..taxonomy import Taxonomy
@@ -115,8 +116,8 @@ def train_from_folder(data_dir: DataFolders, *, config: TrainConfig | None = Non
     for line in describe_trust({"calibration": calibration, "trust": trust}):
         stage(line)
     model.metadata = {
-        "training": {"config": config.to_dict(), "trunk_weights": _weights_name(trunk_weights),
-                     "data": [source.to_dict() for source in scan.sources], "timings": timings},
+        "training": to_dict(TrainingRecord(config=config.to_dict(), trunk_weights=_weights_name(trunk_weights),
+                                           data=[DataSource(s.name, s.images) for s in scan.sources], timings=timings)),
         "history": history,
         "split": {"info": split.info, "files": split.assignment},
         "available_organs": list(model.available_organs),
@@ -173,7 +174,7 @@ def _train_tuned(model: MultiHeadModel, scan: DatasetScan, split: Split, config:
     timings["maps_s"] = time.perf_counter() - started
     started = time.perf_counter()
     history = tune_top(model, parts, maps["train"], maps["val"], config, on_epoch=on_epoch, on_progress=on_progress)
-    if any(r.get("best") for r in history if str(r["part"]).startswith("tune")):
+    if any(r.get("best") for r in history if r.get("stage") == "tune"):
         model.trunk.mark_tuned(parts.cut)
     else:
         stage("no tuning epoch beat the frozen top on validation: the trunk stays as published (frozen)")

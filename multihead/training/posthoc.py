@@ -14,6 +14,7 @@ from ..evaluation.trust import selective_report, selective_scores
 from ..features.dataset import FeatureSet
 from ..model.heads import MultiHeadModel
 from ..model.ood import DEFAULT_TPR
+from ..model.records import Calibration, Coverage, OodFit, Selective, SelectiveRules, to_dict
 from ..model.thresholds import (
     DEFAULT_CONFIDENCE_LEVEL,
     DEFAULT_TARGET_ACCURACY,
@@ -44,7 +45,7 @@ def fit_temperatures(model: MultiHeadModel, data: FeatureSet) -> dict[str, objec
     model.temperature.fit(logits, data.subtypes, available=model.organ_mask, flat=model.joint == "flat")
     untrained = set(model.taxonomy.organ_names) - set(model.available_organs)
     skipped = {head: reason for head, reason in model.temperature.skipped_.items() if head not in untrained}
-    return {**model.temperature.temperatures_, "skipped": skipped}
+    return to_dict(Calibration(**model.temperature.temperatures_, skipped=skipped))
 
 
 def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
@@ -68,19 +69,16 @@ def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: 
                          router_threshold=router_threshold, subtype_threshold=subtype_threshold)
     names, available = model.taxonomy.organ_names, model.available_organs
     subtype_rules = model.thresholds.rules_["subtype"]
-    result: dict[str, object] = {
-        "router_threshold": float(model.thresholds.router),
-        "subtype_thresholds": {name: _finite_or_none(float(t)) for name, t in zip(names, model.thresholds.subtype)
-                               if name in available},
-        "target_accuracy": target_accuracy, "confidence_level": confidence_level,
-        "rules": {"router": model.thresholds.rules_["router"],
-                  "subtype": {name: rule for name, rule in zip(names, subtype_rules) if name in available}},
-        "images_to_certify": images_to_certify(target_accuracy, confidence_level) if confidence_level else None,
-        "min_images": MIN_THRESHOLD_IMAGES,
-    }
-    if len(data):
-        result.update(selective_report(model, data))
-    return result
+    measured = selective_report(model, data) if len(data) else {}
+    return to_dict(Selective(
+        router_threshold=float(model.thresholds.router),
+        subtype_thresholds={name: _finite_or_none(float(t)) for name, t in zip(names, model.thresholds.subtype)
+                            if name in available},
+        target_accuracy=target_accuracy, confidence_level=confidence_level,
+        rules=SelectiveRules(router=model.thresholds.rules_["router"],
+                             subtype={name: rule for name, rule in zip(names, subtype_rules) if name in available}),
+        images_to_certify=images_to_certify(target_accuracy, confidence_level) if confidence_level else None,
+        min_images=MIN_THRESHOLD_IMAGES, **measured))
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -98,9 +96,9 @@ def fit_ood(model: MultiHeadModel, train: FeatureSet, val: FeatureSet | None = N
     use_val = val is not None and len(val) > 0
     num_read = untuned_features(model.trunk) or model.trunk.num_features
     model.ood.fit(train.features[:, 0], val.features[:, 0] if use_val else None, tpr=tpr, num_read=num_read)
-    return {"score": "nearest_neighbour", "components": model.ood.projection.shape[1], "features_read": num_read,
-            "threshold": float(model.ood.threshold), "tpr": tpr, "fitted_on": len(train),
-            "threshold_from": "val" if use_val else "train (left one out)"}
+    return to_dict(OodFit(score="nearest_neighbour", components=model.ood.projection.shape[1],
+                          features_read=num_read, threshold=float(model.ood.threshold), tpr=tpr, fitted_on=len(train),
+                          threshold_from="val" if use_val else "train (left one out)"))
 
 
 def fit_coverage(model: MultiHeadModel, train: FeatureSet, *,
@@ -111,8 +109,8 @@ def fit_coverage(model: MultiHeadModel, train: FeatureSet, *,
     organs = torch.bincount(train.organs, minlength=len(names)).tolist()
     subtypes = torch.bincount(train.subtypes, minlength=model.taxonomy.num_subtypes).tolist()
     model.set_covered_organs([name for name, n in zip(names, organs) if n >= min_images])
-    return {"min_images": min_images, "covered": list(model.covered_organs),
-            "organs": dict(zip(names, organs)), "subtypes": dict(zip(model.taxonomy.subtype_names, subtypes))}
+    return to_dict(Coverage(min_images=min_images, covered=list(model.covered_organs), organs=dict(zip(names, organs)),
+                            subtypes=dict(zip(model.taxonomy.subtype_names, subtypes))))
 
 
 def fit_trust(model: MultiHeadModel, train: FeatureSet, val: FeatureSet, *,

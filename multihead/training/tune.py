@@ -150,7 +150,7 @@ def _named(part: str, on_epoch: Callable[[dict[str, object]], None] | None
     """``on_epoch`` told which warm-up an epoch belongs to, as the history will name it."""
     if on_epoch is None:
         return None
-    return lambda record: on_epoch({**record, "part": f"{part}:{record['part']}"})
+    return lambda record: on_epoch({**record, "part": f"{part}:{record['part']}", "stage": "warm-up"})
 
 
 def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSet | None, config: TrainConfig, *,
@@ -169,7 +169,7 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
     frozen_val = top_features(parts, val, model) if val is not None and len(val) else None
     history = fit_heads(model, frozen_train, frozen_val, config, on_epoch=_named("warm-up", on_epoch))
     for record in history:
-        record["part"] = f"warm-up:{record['part']}"
+        record.update(part=f"warm-up:{record['part']}", stage="warm-up")
     # the published top with its warmed-up heads (on raw features: no standardisation to fold) is a candidate
     raw = torch.zeros(model.num_features, device=device), torch.ones(model.num_features, device=device)
     best_score = _selection_score(model, frozen_val) if frozen_val is not None else float("-inf")
@@ -180,7 +180,7 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
         frozen_val = top_features(parts, val, model) if frozen_val is not None else None
         adapted = fit_heads(model, frozen_train, frozen_val, config, on_epoch=_named("adapted warm-up", on_epoch))
         for record in adapted:
-            record["part"] = f"adapted warm-up:{record['part']}"
+            record.update(part=f"adapted warm-up:{record['part']}", stage="warm-up")
         history += adapted
     # the heads go on learning in the standardised space they were warmed up in (config.standardize): AdamW's
     # steps then mean the same for features of every scale; folded back into the heads at the end
@@ -223,7 +223,8 @@ def tune_top(model: MultiHeadModel, parts: TrunkSplit, train: MapSet, val: MapSe
                     on_progress(f"tune epoch {epoch}", count, len(train))
             # the training set is not re-run after each epoch (a third of the epoch's cost): its loss is the
             # running mean over the epoch's augmented batches
-            record: dict[str, object] = {"epoch": epoch, "part": f"tune:{parts.cut}", "precision": precision,
+            record: dict[str, object] = {"epoch": epoch, "part": f"tune:{parts.cut}", "stage": "tune",
+                                         "precision": precision,
                                          "train": {"loss": total / max(count, 1)}}
             tuned_val = (standardized(top_features(parts, val, model), mean.cpu(), std.cpu())
                          if val is not None and len(val) else None)
