@@ -18,7 +18,13 @@ from multihead.cli import app, predicting
 from multihead.data import scan_dataset
 from multihead.evaluation.reports import markdown_report
 from multihead.evaluation.trust_state import describe_trust
-from multihead.model.thresholds import RULE_BOUND, RULE_FALLBACK, AbstentionThresholds, images_to_certify
+from multihead.model.thresholds import (
+    RULE_BOUND,
+    RULE_FALLBACK,
+    RULE_SMALL,
+    AbstentionThresholds,
+    images_to_certify,
+)
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,13 +89,42 @@ def test_too_few_validation_images_fall_back_instead_of_withholding_everything()
     thresholds = AbstentionThresholds(1).fit(perfect, torch.ones(64, dtype=torch.bool), perfect,
                                              torch.ones(64, dtype=torch.bool), organs)
     assert float(thresholds.router) < 1.0 and float(thresholds.subtype[0]) < 1.0
-    assert thresholds.rules_ == {"router": RULE_FALLBACK, "subtype": [RULE_FALLBACK]}
+    assert thresholds.rules_ == {"router": RULE_FALLBACK, "subtype": [RULE_SMALL]}
     statuses = thresholds.status(perfect, perfect, organs)
     assert all(s == multihead.Status.ORGAN_AND_SUBTYPE for s in statuses)
     many = torch.linspace(0.5, 1.0, 400)
     big = AbstentionThresholds(1).fit(many, torch.ones(400, dtype=torch.bool), many, torch.ones(400, dtype=torch.bool),
                                       torch.zeros(400, dtype=torch.long))
     assert big.rules_ == {"router": RULE_BOUND, "subtype": [RULE_BOUND]}
+
+
+def test_a_small_organ_aims_at_half_its_validation_mistakes():
+    """Issue 39: 40 answers of one organ, 35 right, a confident mistake second. Asking 99 % of them (strict) keeps
+    only the first answer; following the organ's accuracy (87.5 %: aim at 93.75 %) keeps the 35 most confident."""
+    from multihead.model.thresholds import small_data_target
+
+    confidence = torch.linspace(1.0, 0.61, 40)
+    right = torch.ones(40, dtype=torch.bool)
+    right[[1, 32, 35, 37, 39]] = False
+    organs = torch.zeros(40, dtype=torch.long)
+    ones = torch.ones(40)  # the router: sure and right, so every answer reaches the subtype threshold
+    follow = AbstentionThresholds(1).fit(ones, right | True, confidence, right, organs)
+    strict = AbstentionThresholds(1).fit(ones, right | True, confidence, right, organs, small_data="strict")
+    assert follow.rules_["subtype"] == [RULE_SMALL] and strict.rules_["subtype"] == [RULE_FALLBACK]
+    assert follow.targets_ == [pytest.approx(small_data_target(35 / 40, 0.99))] == [pytest.approx(0.9375)]
+    kept_follow = confidence >= follow.subtype[0]
+    kept_strict = confidence >= strict.subtype[0]
+    assert int(kept_strict.sum()) == 1 and int(kept_follow.sum()) == 35  # 33 of 35 right: 94.3 %
+    assert right[kept_follow].float().mean() >= 0.9375
+    assert small_data_target(0.999, 0.99) == 0.99  # never more than the target asked
+    with pytest.raises(ValueError, match="small_data must be one of follow, strict"):
+        AbstentionThresholds(1).fit(ones, right, confidence, right, organs, small_data="loose")
+    metadata = {"trust": {"selective": {"router_threshold": 0.0, "target_accuracy": 0.99, "confidence_level": 0.95,
+                                        "subtype_thresholds": {"all": float(follow.subtype[0])},
+                                        "subtype_targets": {"all": 0.9375}, "images_to_certify": 299,
+                                        "rules": {"router": RULE_FALLBACK, "subtype": {"all": RULE_SMALL}}}}}
+    text = " ".join(describe_trust(metadata))
+    assert "(small: half its validation mistakes, target 93.8%)" in text and "--small-data strict" in text
 
 
 def test_trust_state_says_the_fallback_and_skipped_heads_and_matches_the_statuses():
@@ -301,3 +336,12 @@ def test_benchmark_cli_times_the_classify_backend_by_default(monkeypatch):
 
     expected = InferenceConfig().resolve("cpu").backend
     assert seen["backends"] == ["torch"] + ([expected] if expected != "torch" else []) and seen["rounds"] == 3
+
+
+def test_the_small_data_choices_are_the_thresholds_own():
+    """TrainConfig repeats the choices (its module stays free of torch for --help); they must not drift."""
+    from multihead.model.thresholds import SMALL_DATA
+    from multihead.training.config import option_specs
+
+    spec = next(s for s in option_specs(cli_only=False) if s.name == "small_data")
+    assert tuple(spec.choices) == SMALL_DATA

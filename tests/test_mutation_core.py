@@ -213,7 +213,7 @@ def test_images_to_certify_and_the_safe_threshold_by_hand():
 
 
 def test_abstention_thresholds_fit_rules_and_errors():
-    from multihead.model.thresholds import RULE_BOUND, RULE_FALLBACK, RULE_TOO_FEW, AbstentionThresholds
+    from multihead.model.thresholds import RULE_BOUND, RULE_FALLBACK, RULE_SMALL, RULE_TOO_FEW, AbstentionThresholds
 
     fresh = AbstentionThresholds(num_organs=3)
     assert not fresh.fitted and float(fresh.router) == 0.0 and fresh.subtype.tolist() == [0.0, 0.0, 0.0]
@@ -225,14 +225,17 @@ def test_abstention_thresholds_fit_rules_and_errors():
     assert not fitted.fitted  # every answer right: nothing withheld
     few = AbstentionThresholds(1).fit(probs[:298], right[:298], probs[:298], right[:298], one_organ[:298],
                                       target_accuracy=0.99)
-    assert few.rules_ == {"router": RULE_FALLBACK, "subtype": [RULE_FALLBACK]}
+    assert few.rules_ == {"router": RULE_FALLBACK, "subtype": [RULE_SMALL]}  # the router asks the target itself
+    strict = AbstentionThresholds(1).fit(probs[:298], right[:298], probs[:298], right[:298], one_organ[:298],
+                                         target_accuracy=0.99, small_data="strict")
+    assert strict.rules_ == {"router": RULE_FALLBACK, "subtype": [RULE_FALLBACK]} and strict.targets_ == [0.99]
     # per organ: 291 answers name organ 0, 9 name organ 1 (one short of MIN_THRESHOLD_IMAGES), none organ 2
     organs = torch.tensor([0] * 290 + [1] * 9 + [0])
     split = AbstentionThresholds(3).fit(probs, right, probs, right, organs, target_accuracy=0.99)
-    assert split.rules_["subtype"] == [RULE_FALLBACK, RULE_TOO_FEW, None]
+    assert split.rules_["subtype"] == [RULE_SMALL, RULE_TOO_FEW, None]  # 291 answers: too few for a bound
     assert split.subtype.tolist() == [0.0, float("inf"), float("inf")]
     assert AbstentionThresholds(3).fit(probs, right, probs, right, organs, min_images=9).rules_["subtype"][1] == (
-        RULE_FALLBACK)
+        RULE_SMALL)
     given = AbstentionThresholds(2).fit(probs, right, probs, right, one_organ, router_threshold=0.3,
                                         subtype_threshold=1.0)
     assert given.rules_ == {"router": "given", "subtype": ["given", "given"]} and given.fitted

@@ -28,7 +28,8 @@ from ..model.records import (
 __all__ = ["describe_trust", "status_breakdown"]
 
 _RULES = {"confidence_bound": "certified by a confidence bound", "validation_accuracy": "by plain validation accuracy",
-          "too_few_images": "too few validation images: subtypes withheld", "given": "set by hand"}
+          "small_data": "small: half its validation mistakes", "too_few_images": "too few validation images: subtypes "
+          "withheld", "given": "set by hand"}
 
 
 def status_breakdown(selective: Selective | Mapping[str, Any]) -> str:
@@ -60,14 +61,18 @@ def _thresholds(selective: Selective) -> list[str]:
     target, level = selective.target_accuracy, selective.confidence_level
     lines = [f"thresholds: P(organ) >= {router:.3f} ({_RULES.get(rules.router, 'rule not recorded')}); "
              f"target {target:.1%} accuracy" + (f" at {level:.0%} confidence" if level else "")]
+    targets = selective.subtype_targets or {}
     shown = [f"{organ} " + (f">= {value:.3f}" if value is not None else "withheld") + " ("
              + ("no validation answer names it: subtypes withheld" if rule is None and value is None
-                else _RULES.get(rule, "rule not recorded")) + ")" for organ, (value, rule) in subtypes.items()]
+                else _RULES.get(rule, "rule not recorded"))
+             + (f", target {targets[organ]:.1%}" if rule == "small_data" and targets.get(organ) is not None else "")
+             + ")" for organ, (value, rule) in subtypes.items()]
     lines.append("  P(subtype | organ): " + ", ".join(shown))
-    if level and any(rule == "validation_accuracy" for _, rule in subtypes.values()):
+    if level and any(rule in ("validation_accuracy", "small_data") for _, rule in subtypes.values()):
         lines.append(f"  a confidence bound needs at least {selective.images_to_certify} validation answers "
                      "without a confident mistake among the first; where none could be met the thresholds keep the "
-                     "answers whose validation accuracy reaches the target (choose with train --target-accuracy, "
+                     "answers whose validation accuracy reaches the target, and an organ with fewer answers aims at "
+                     "half its validation mistakes (choose with train --target-accuracy, --small-data strict, "
                      "or --no-abstain)")
     if selective.n is not None:
         lines.append(f"  on the {selective.n} validation images: {status_breakdown(selective)}")

@@ -148,7 +148,8 @@ class Selective:
     target_accuracy: float
     subtype_thresholds: dict[str, float | None] | None = None
     subtype_threshold: float | None = None  # one for every organ, before issue 35
-    target_rule: str | None = None
+    small_data: str | None = None  # what small organs aimed at (SMALL_DATA), before issue 39: the target
+    subtype_targets: dict[str, float | None] | None = None  # the accuracy each organ's threshold aimed at
     confidence_level: float | None = None
     images_to_certify: int | None = None
     min_images: int | None = None

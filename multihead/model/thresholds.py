@@ -13,6 +13,12 @@ mistake among the first 299 makes any bound fail. Where no bound can be met, the
 whose plain validation accuracy reaches the target (rule ``"validation_accuracy"``, recorded in
 :attr:`AbstentionThresholds.rules_`); an organ with fewer than :data:`MIN_THRESHOLD_IMAGES` validation answers
 gets no subtype threshold at all: its subtypes are withheld (rule ``"too_few_images"``).
+
+An organ with fewer validation answers than any bound needs is *small*: 99 % plain accuracy on 40 answers means
+all of them right, so the first confident mistake withheld almost everything (a small folder's model answered 8 %
+of its images with a subtype while 88.7 % of its subtypes were right). By default (``small_data="follow"``) a
+small organ's target follows the accuracy it has: the kept answers must make half its validation mistakes
+(:func:`small_data_target`, rule ``"small_data"``); ``"strict"`` asks the full target of them as well.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from torch import nn
 from .decision import Status, statuses
 
 __all__ = ["DEFAULT_CONFIDENCE_LEVEL", "DEFAULT_TARGET_ACCURACY", "MIN_THRESHOLD_IMAGES", "RULES", "RULE_BOUND",
-           "RULE_FALLBACK", "RULE_TOO_FEW", "AbstentionThresholds", "images_to_certify", "largest_safe_threshold"]
+           "RULE_FALLBACK", "RULE_SMALL", "RULE_TOO_FEW", "SMALL_DATA", "AbstentionThresholds", "images_to_certify",
+           "largest_safe_threshold", "small_data_target"]
 
 DEFAULT_TARGET_ACCURACY = 0.99
 """Accuracy asked of the predictions the model keeps (status ``organ_and_subtype``), on validation."""
@@ -44,7 +51,12 @@ RULE_FALLBACK = "validation_accuracy"
 target by their plain validation accuracy."""
 RULE_TOO_FEW = "too_few_images"
 """Fewer than MIN_THRESHOLD_IMAGES validation answers for the organ: its subtypes are withheld."""
-RULES = (RULE_BOUND, RULE_FALLBACK, RULE_TOO_FEW, "given")
+RULE_SMALL = "small_data"
+"""Fewer validation answers than a bound needs: the kept answers make half the organ's validation mistakes, by plain
+validation accuracy (:func:`small_data_target`)."""
+RULES = (RULE_BOUND, RULE_FALLBACK, RULE_SMALL, RULE_TOO_FEW, "given")
+SMALL_DATA = ("follow", "strict")
+"""What a small organ's subtype threshold aims at: half its validation error (``follow``), or the target itself."""
 WITHHELD = math.inf
 """The subtype threshold of an organ whose subtypes are withheld: no confidence reaches it."""
 
@@ -60,6 +72,17 @@ def images_to_certify(target: float, confidence_level: float) -> int:
     if target >= 1.0:
         return 2**62
     return int(np.ceil(np.log(1.0 - confidence_level) / np.log(target)))
+
+
+def small_data_target(accuracy: float, target: float) -> float:
+    """The accuracy asked of a small organ's kept answers: half the mistakes of all its validation answers
+    (``accuracy``), and no more than ``target``.
+
+    Example:
+        >>> round(small_data_target(0.887, 0.99), 4), small_data_target(1.0, 0.99)
+        (0.9435, 0.99)
+    """
+    return min(target, 1.0 - (1.0 - accuracy) / 2.0)
 
 
 def largest_safe_threshold(confidence: np.ndarray, correct: np.ndarray, target: float,
@@ -122,6 +145,8 @@ class AbstentionThresholds(nn.Module):
         self.rules_: dict[str, object] = {}
         """How the last :meth:`fit` chose each threshold (:data:`RULES`): ``{"router": rule, "subtype": [rule per
         organ]}``; an organ without validation answers has ``None``."""
+        self.targets_: list[float | None] = []
+        """The accuracy each organ's subtype threshold aimed at in the last :meth:`fit` (``None``: none chosen)."""
 
     @property
     def fitted(self) -> bool:
@@ -131,7 +156,8 @@ class AbstentionThresholds(nn.Module):
     def fit(self, organ_prob: torch.Tensor, organ_correct: torch.Tensor, subtype_conf: torch.Tensor,
             subtype_correct: torch.Tensor, organs: torch.Tensor, *, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
             confidence_level: float | None = DEFAULT_CONFIDENCE_LEVEL, router_threshold: float | None = None,
-            subtype_threshold: float | None = None, min_images: int = MIN_THRESHOLD_IMAGES) -> AbstentionThresholds:
+            subtype_threshold: float | None = None, min_images: int = MIN_THRESHOLD_IMAGES,
+            small_data: str = "follow") -> AbstentionThresholds:
         """Choose the thresholds from validation scores ``[N]``, whether each answer was right, and the organ each
         answer named (``organs`` ``[N]``).
 
@@ -140,7 +166,8 @@ class AbstentionThresholds(nn.Module):
         kept answers (organ and subtype) are. "Are" means with ``confidence_level`` confidence (a Clopper-Pearson
         lower bound) where the images allow a bound to be met, else by plain accuracy (:data:`RULE_FALLBACK`);
         an organ with fewer than ``min_images`` kept answers has its subtypes withheld. A threshold passed in is
-        used as given (for every organ).
+        used as given (for every organ). ``small_data`` (:data:`SMALL_DATA`): whether an organ with too few answers
+        for any bound aims at half its validation error (:data:`RULE_SMALL`) or at ``target_accuracy``.
         """
         if not 0.0 < target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
@@ -148,37 +175,45 @@ class AbstentionThresholds(nn.Module):
             raise ValueError(f"confidence_level must be in (0, 1) or None, got {confidence_level!r}")
         _check_probability("router_threshold", router_threshold)
         _check_probability("subtype_threshold", subtype_threshold)
+        if small_data not in SMALL_DATA:
+            raise ValueError(f"small_data must be one of {', '.join(SMALL_DATA)}, got {small_data!r}")
         if (router_threshold is None or subtype_threshold is None) and len(organ_prob) == 0:
             raise ValueError("choosing thresholds needs validation images; the set is empty (or pass both thresholds)")
         organ_prob, subtype_conf = organ_prob.cpu().numpy(), subtype_conf.cpu().numpy()
         organ_ok, subtype_ok = organ_correct.cpu().numpy(), subtype_correct.cpu().numpy()
         organs = organs.cpu().numpy()
 
-        def choose(given: float | None, confidence: np.ndarray, correct: np.ndarray) -> tuple[float, str]:
+        certify = images_to_certify(target_accuracy, confidence_level) if confidence_level is not None else 0
+
+        def choose(given: float | None, confidence: np.ndarray, correct: np.ndarray,
+                   small: str = "strict") -> tuple[float, str, float]:
             if given is not None:
-                return given, "given"
-            if confidence_level is not None and len(confidence) >= images_to_certify(target_accuracy,
-                                                                                       confidence_level):
+                return given, "given", target_accuracy
+            if confidence_level is not None and len(confidence) >= certify:
                 bound = _lowest_reaching(confidence, correct, target_accuracy, confidence_level)
                 if bound is not None:
-                    return bound, RULE_BOUND
-            return largest_safe_threshold(confidence, correct, target_accuracy, None), RULE_FALLBACK
+                    return bound, RULE_BOUND, target_accuracy
+            elif confidence_level is not None and small == "follow":
+                target = small_data_target(float(correct.mean()), target_accuracy)
+                return largest_safe_threshold(confidence, correct, target, None), RULE_SMALL, target
+            return largest_safe_threshold(confidence, correct, target_accuracy, None), RULE_FALLBACK, target_accuracy
 
-        router, router_rule = choose(router_threshold, organ_prob, organ_ok)
+        router, router_rule, _ = choose(router_threshold, organ_prob, organ_ok)
         kept = organ_prob >= router
-        thresholds, rules = [], []
+        thresholds, rules, targets = [], [], []
         for organ in range(len(self.subtype)):
             mine = kept & (organs == organ)
             if subtype_threshold is None and not mine.any():
-                thresholds.append(WITHHELD), rules.append(None)
+                thresholds.append(WITHHELD), rules.append(None), targets.append(None)
             elif subtype_threshold is None and mine.sum() < min_images:
-                thresholds.append(WITHHELD), rules.append(RULE_TOO_FEW)
+                thresholds.append(WITHHELD), rules.append(RULE_TOO_FEW), targets.append(None)
             else:
-                threshold, rule = choose(subtype_threshold, subtype_conf[mine], subtype_ok[mine])
-                thresholds.append(threshold), rules.append(rule)
+                threshold, rule, target = choose(subtype_threshold, subtype_conf[mine], subtype_ok[mine], small_data)
+                thresholds.append(threshold), rules.append(rule), targets.append(target)
         self.router.fill_(float(router))
         self.subtype.copy_(torch.tensor(thresholds, dtype=self.subtype.dtype))
         self.rules_ = {"router": router_rule, "subtype": rules}
+        self.targets_ = targets
         return self
 
     def status(self, organ_prob: torch.Tensor, subtype_conf: torch.Tensor, organ: torch.Tensor,

@@ -62,6 +62,11 @@ class TrainConfig:
         0.99, "Accuracy asked of the answers kept in full, per organ, certified at 95% confidence where the "
         "validation split allows a bound, else by plain validation accuracy (docs/trust.md).", positive=True,
         high=1.0)
+    small_data: str = _setting(
+        "follow", "Organs with too few validation answers for a confidence bound (fewer than 299 at 0.99): follow "
+        "(their kept answers make half their validation mistakes, at most --target-accuracy) or strict (the target "
+        "itself, which on a few dozen answers means every kept answer right; docs/trust.md).",
+        choices=("follow", "strict"))  # multihead.model.thresholds.SMALL_DATA (torch: not imported for --help)
     abstain: bool = _setting(True, "Withhold unsure answers (thresholds fitted on validation); --no-abstain keeps "
                                    "every answer: thresholds 0, only images out of distribution or of an organ not "
                                    "covered are 'uncertain'.")

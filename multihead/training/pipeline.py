@@ -112,8 +112,10 @@ def train_from_folder(data_dir: DataFolders, *, config: TrainConfig | None = Non
     trust = None
     if len(sets["train"]) > 1:
         trust = fit_trust(model, sets["train"], sets["val"], target_accuracy=config.target_accuracy,
-                          abstain=config.abstain, min_covered_images=config.min_covered_images)
-    for line in describe_trust({"calibration": calibration, "trust": trust}):
+                          abstain=config.abstain, min_covered_images=config.min_covered_images,
+                          small_data=config.small_data)
+    for line in describe_trust({"calibration": calibration, "trust": trust,
+                                "available_organs": list(model.available_organs)}):
         stage(line)
     model.metadata = {
         "training": to_dict(TrainingRecord(config=config.to_dict(), trunk_weights=_weights_name(trunk_weights),

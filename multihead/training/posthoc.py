@@ -50,9 +50,10 @@ def fit_temperatures(model: MultiHeadModel, data: FeatureSet) -> dict[str, objec
 
 def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
                    confidence_level: float | None = DEFAULT_CONFIDENCE_LEVEL, router_threshold: float | None = None,
-                   subtype_threshold: float | None = None) -> dict[str, object]:
+                   subtype_threshold: float | None = None, small_data: str = "follow") -> dict[str, object]:
     """Choose (or set) the abstention thresholds on validation features: the router's and one subtype threshold
-    per organ; returns them with their rules and coverage
+    per organ (an organ too small for a confidence bound aims at half its validation error unless ``small_data`` is
+    ``"strict"``); returns them with their rules, the accuracy each aimed at, and coverage
     (:class:`~multihead.model.thresholds.AbstentionThresholds`, :func:`~multihead.evaluation.trust.selective_report`).
 
     Example:
@@ -66,7 +67,8 @@ def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: 
         scores = (s["organ_prob"], s["organ"] == true_organ, s["subtype_conf"], s["subtype"] == data.subtypes,
                   s["organ"])
     model.thresholds.fit(*scores, target_accuracy=target_accuracy, confidence_level=confidence_level,
-                         router_threshold=router_threshold, subtype_threshold=subtype_threshold)
+                         router_threshold=router_threshold, subtype_threshold=subtype_threshold,
+                         small_data=small_data)
     names, available = model.taxonomy.organ_names, model.available_organs
     subtype_rules = model.thresholds.rules_["subtype"]
     measured = selective_report(model, data) if len(data) else {}
@@ -74,7 +76,8 @@ def fit_thresholds(model: MultiHeadModel, data: FeatureSet, *, target_accuracy: 
         router_threshold=float(model.thresholds.router),
         subtype_thresholds={name: _finite_or_none(float(t)) for name, t in zip(names, model.thresholds.subtype)
                             if name in available},
-        target_accuracy=target_accuracy, confidence_level=confidence_level,
+        target_accuracy=target_accuracy, confidence_level=confidence_level, small_data=small_data,
+        subtype_targets={name: target for name, target in zip(names, model.thresholds.targets_) if name in available},
         rules=SelectiveRules(router=model.thresholds.rules_["router"],
                              subtype={name: rule for name, rule in zip(names, subtype_rules) if name in available}),
         images_to_certify=images_to_certify(target_accuracy, confidence_level) if confidence_level else None,
@@ -115,7 +118,8 @@ def fit_coverage(model: MultiHeadModel, train: FeatureSet, *,
 
 def fit_trust(model: MultiHeadModel, train: FeatureSet, val: FeatureSet, *,
               target_accuracy: float = DEFAULT_TARGET_ACCURACY, abstain: bool = True,
-              tpr: float = DEFAULT_TPR, min_covered_images: int = MIN_COVERED_IMAGES) -> dict[str, object]:
+              tpr: float = DEFAULT_TPR, min_covered_images: int = MIN_COVERED_IMAGES,
+              small_data: str = "follow") -> dict[str, object]:
     """Everything the training pipeline fits after calibration: the coverage, the OOD score, then the thresholds.
 
     Without validation images, or with ``abstain=False``, the thresholds stay at "never abstain" (0; images out
@@ -127,5 +131,5 @@ def fit_trust(model: MultiHeadModel, train: FeatureSet, val: FeatureSet, *,
     if len(val):
         given = None if abstain else 0.0
         result["selective"] = fit_thresholds(model, val, target_accuracy=target_accuracy, router_threshold=given,
-                                             subtype_threshold=given)
+                                             subtype_threshold=given, small_data=small_data)
     return result
