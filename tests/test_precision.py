@@ -20,7 +20,7 @@ from multihead.features.cache import FeatureCache
 from multihead.inference import InferenceConfig, run_features
 from multihead.model import precision as policy
 from multihead.model.metadata import MetadataError
-from multihead.model.records import check_metadata
+from multihead.model.records import PrecisionRow, check_metadata
 
 from .conftest import assert_handled_exit
 
@@ -61,11 +61,14 @@ def _choose(metadata, model, **kwargs):
 # --- the rule -----------------------------------------------------------------------------------------------
 
 def test_the_guard_rule_is_99_5_percent_agreement_and_0_3_points(tiny_model):
-    assert policy.passes(_row(agreement=0.995, change=-0.003))
-    assert not policy.passes(_row(agreement=0.9949, change=0.0))
-    assert not policy.passes(_row(agreement=1.0, change=-0.0031))
-    assert policy.verdict(_row(agreement=0.99, change=-0.01)) == "fails: agreement, accuracy"
-    assert policy.verdict(_row(agreement=0.999, change=-0.01)) == "fails: accuracy"
+    def row(**values):
+        return PrecisionRow(**_row(**values))
+
+    assert policy.passes(row(agreement=0.995, change=-0.003))
+    assert not policy.passes(row(agreement=0.9949, change=0.0))
+    assert not policy.passes(row(agreement=1.0, change=-0.0031))
+    assert policy.verdict(row(agreement=0.99, change=-0.01)) == "fails: agreement, accuracy"
+    assert policy.verdict(row(agreement=0.999, change=-0.01)) == "fails: accuracy"
 
 
 def test_auto_without_a_guard_runs_fp32_and_says_why(tiny_model, machine):
@@ -386,7 +389,8 @@ def test_tune_precision_measures_int8_on_the_graph_it_caches(tiny_run, tmp_path,
     header = multihead.read_header(out)
     row = header["metadata"]["precision_guard"]["precisions"]["int8"]
     assert row["calibration_images"] == 12 and row["fp32_quantizers"] == [] and "speed_vs_fp32" not in row
-    assert REAL_INT8_GRAPH_HERE(header["trunk"], header["preprocessing"], row) is None  # the graph it measured
+    measured = PrecisionRow(**row)  # the graph it measured is the one cached
+    assert REAL_INT8_GRAPH_HERE(header["trunk"], header["preprocessing"], measured) is None
     model = multihead.load(out)
     from multihead.data.scan import scan_dataset
     from multihead.evaluation.precision import _labelled_batches

@@ -38,19 +38,19 @@ def checked_precision(precision: str, device: str, backend: str = "auto") -> str
 def guard_table(metadata: dict[str, Any]) -> Table | None:
     """The guard table of a checkpoint's metadata, readable at 80 columns (notes below the rows); ``None`` when it
     has none."""
-    from ..model.precision import GUARD_KEY, guard_rows
+    from ..model.precision import guard_rows
+    from ..model.records import PrecisionReference, read_guard
 
-    rows = guard_rows(metadata)
-    if not rows:
+    rows, guard = guard_rows(metadata), read_guard(metadata)
+    if not rows or guard is None:
         return None
-    guard = metadata[GUARD_KEY]
-    reference = guard.get("reference") or {}
+    reference = guard.reference or PrecisionReference()
     table = Table(Column("prec."), Column("backend", overflow="fold"), Column("agreement", justify="right"),
                   Column("accuracy", justify="right"), Column("speed", justify="right"),
                   Column("verdict", overflow="fold"),
-                  title=(f"precision guard: {guard.get('images', '?')} {_shown(guard.get('subset', 'val'))} images "
-                         f"against fp32 on {_shown(reference.get('backend', '?'))} (accuracy "
-                         f"{_percent(reference.get('accuracy'))}); agreement: the share of subtypes as fp32's"),
+                  title=(f"precision guard: {guard.images or '?'} {_shown(guard.subset or 'val')} images "
+                         f"against fp32 on {_shown(reference.backend or '?')} (accuracy "
+                         f"{_percent(reference.accuracy)}); agreement: the share of subtypes as fp32's"),
                   title_justify="left", show_edge=False,
                   caption="\n".join(f"{row['precision']}: {_shown(row['note'])}" for row in rows if row["note"])
                   or None, caption_justify="left")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..model.records import read_metadata
 from ..model.trunk_specs import HUB_PREFIX, trunk_help
 from ._app import (
     _library_errors,
@@ -142,9 +143,9 @@ def _train(
             err_console.print(f"  {relpath}: {reason}", highlight=False, markup=False)
     save(result.model, out, embed_trunk=True if embed_trunk else None)
     split_path = save_split_next_to(out, result.split)
-    metrics = result.model.metadata["metrics"]
+    metrics = read_metadata(result.model.metadata).metrics or {}
     console.print(f"wrote {out} and {split_path}; " + ", ".join(
-        f"{name} accuracy {m['accuracy']:.3f}" for name, m in metrics.items()))
+        f"{name} accuracy {m.accuracy:.3f}" for name, m in metrics.items()))
 
 
 def _check_hub_trunk(trunk: str, weights: str | None, config: Any, *, image_size_given: bool) -> Any:

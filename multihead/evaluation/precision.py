@@ -21,6 +21,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from ..model import precision as _policy
 from ..model.checkpoint import load, read_header, save
 from ..model.heads import MultiHeadModel
 from ..model.precision import GUARD_KEY, MIN_AGREEMENT, native_precisions, passes, runnable_precisions
+from ..model.records import PrecisionGuard, PrecisionReference, PrecisionRow, to_dict
 
 __all__ = ["DEFAULT_PRECISIONS", "REDUCED_PRECISIONS", "calibration_files", "measure_guard", "model_split",
            "record_guard"]
@@ -182,7 +184,7 @@ def measure_guard(model: MultiHeadModel, data_dir: str | os.PathLike | Sequence[
     say(f"fp32 on {reference_backend}: the reference")
     reference = _subtypes(model, batches, reference_config)
     reference_accuracy = float((reference == labels).double().mean())
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, PrecisionRow] = {}
     not_measured = {p: f"not asked for (tune-precision --precision {p} measures it)"
                     for p in REDUCED_PRECISIONS if p not in precisions}
     configs = {"fp32": reference_config}
@@ -194,32 +196,26 @@ def measure_guard(model: MultiHeadModel, data_dir: str | os.PathLike | Sequence[
             say(f"{precision}: not measured, {why}")
             continue
         config = InferenceConfig(precision=precision, backend=backend, batch_size=batch_size)
-        row: dict[str, Any] = {"backend": backend}
-        if precision == "int8":
-            row.update(_int8(model, scan, split, batches, reference, calibration_images, mixed_precision, say))
+        graph = _int8(model, scan, split, batches, reference, calibration_images, mixed_precision, say) if (
+            precision == "int8") else {}
         say(f"{precision} on {backend}: {sum(len(b) for b in batches)} images")
         found = _subtypes(model, batches, config)
         accuracy = float((found == labels).double().mean())
-        row.update(agreement=float((found == reference).double().mean()), accuracy=accuracy,
-                   accuracy_change=accuracy - reference_accuracy)
-        rows[precision] = row
+        row = rows[precision] = PrecisionRow(
+            backend=backend, agreement=float((found == reference).double().mean()), accuracy=accuracy,
+            accuracy_change=accuracy - reference_accuracy, **graph)
         configs[precision] = config
-        say(f"{precision}: {row['agreement']:.2%} of subtypes as fp32, accuracy {accuracy:.2%} "
-            f"({row['accuracy_change'] * 100:+.2f} points): {'passes' if passes(row) else 'fails'} the guard")
+        say(f"{precision}: {row.agreement:.2%} of subtypes as fp32, accuracy {accuracy:.2%} "
+            f"({row.accuracy_change * 100:+.2f} points): {'passes' if passes(row) else 'fails'} the guard")
     if rows and rounds > 0:
         say(f"timing the trunk: {len(configs)} precisions, {rounds} interleaved rounds")
         for precision, ratio in _speed(model, batches[0], configs, rounds).items():
-            rows[precision]["speed_vs_fp32"] = ratio
-    return {
-        "precisions": rows,
-        "not_measured": not_measured,
-        "reference": {"precision": "fp32", "backend": reference_backend, "accuracy": reference_accuracy},
-        "images": int(labels.numel()),
-        "subset": subset,
-        "data": [source.name for source in scan.sources],
-        "measured_on": _machine(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+            rows[precision] = replace(rows[precision], speed_vs_fp32=ratio)
+    return to_dict(PrecisionGuard(
+        precisions=rows, not_measured=not_measured,
+        reference=PrecisionReference(precision="fp32", backend=reference_backend, accuracy=reference_accuracy),
+        images=int(labels.numel()), subset=subset, data=[source.name for source in scan.sources],
+        measured_on=_machine(), date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")))
 
 
 def _cannot_measure(precision: str, backend: str) -> str | None:

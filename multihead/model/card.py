@@ -17,8 +17,8 @@ from typing import Any
 from .checkpoint import read_header
 from .heads import MultiHeadModel
 from .metadata import printable
-from .precision import GUARD_KEY, choose_precision, guard_rows
-from .records import ModelMetadata, read_metadata
+from .precision import choose_precision, guard_rows
+from .records import ModelMetadata, read_guard, read_metadata, to_dict
 
 __all__ = ["model_card_data"]
 
@@ -49,11 +49,12 @@ def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLik
         metadata, joint, available = model.metadata, model.joint, list(model.available_organs)
     elif isinstance(model, Mapping):
         taxonomy, trunk, preprocessing = model["taxonomy"], dict(model["trunk"]), model["preprocessing"]
-        metadata, joint = model["metadata"], model.get("joint", "hierarchical")
-        available = list(metadata.get("available_organs") or taxonomy.organ_names)
+        metadata, joint, available = model["metadata"], model.get("joint", "hierarchical"), None
     else:
         raise TypeError(f"expected a MultiHeadModel, a checkpoint header or a path, got {type(model).__name__}")
     record = read_metadata(metadata)
+    if available is None:
+        available = list(record.available_organs or taxonomy.organ_names)
     card = {
         "intended_use": INTENDED_USE,
         "taxonomy": json.loads(taxonomy.to_json()),
@@ -64,6 +65,7 @@ def model_card_data(model: MultiHeadModel | Mapping[str, Any] | str | os.PathLik
         "preprocessing": {**asdict(preprocessing), "description": preprocessing.describe()},
         "joint": joint,
         "training": record.training.config if record.training else None,
+        # as recorded, keys this version does not read included: the card shows what the checkpoint holds
         "counts": metadata.get("counts"),
         "metrics": metadata.get("metrics"),
         "test": _test_summary(metadata.get("test_report")),
@@ -78,9 +80,9 @@ def _precision(metadata: Mapping[str, Any], trunk: Mapping[str, Any], preprocess
     """The accuracy guard of reduced precision (one row per precision measured, with its verdict) and what
     ``precision="auto"`` runs on the machine reading the card, with why."""
     choice = choose_precision(metadata, trunk, preprocessing, device="cpu")
-    guard = metadata.get(GUARD_KEY) or {}
-    return {"guard": guard_rows(metadata), "reference": guard.get("reference"), "images": guard.get("images"),
-            "measured_on": guard.get("measured_on"),
+    guard = read_guard(metadata)
+    return {"guard": guard_rows(metadata), "reference": to_dict(guard.reference) if guard else None,
+            "images": guard.images if guard else None, "measured_on": guard.measured_on if guard else None,
             "auto_here": {"precision": choice.precision, "backend": choice.backend, "reason": choice.reason}}
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from .._io import file_sha256
 from .._precision import missing_instructions, native_cpu_precisions
+from .records import PrecisionGuard, PrecisionRow, read_guard
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_PRECISIONS", "GUARD_KEY", "MAX_ACCURACY_DROP", "MIN_AGREEMENT",
            "QUANTIZED_FORMAT", "SPEED_ORDER", "Choice", "check_precision", "choose_precision", "guard_rows",
@@ -171,7 +172,7 @@ def read_int8_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def int8_graph_here(trunk: Mapping[str, Any], preprocessing: Any, row: Mapping[str, Any] | None = None, *,
+def int8_graph_here(trunk: Mapping[str, Any], preprocessing: Any, row: PrecisionRow | None = None, *,
                     cache_dir: str | os.PathLike | None = None) -> str | None:
     """Why the int8 graph a guard ``row`` measured is not cached on this machine, or ``None`` when it is (made for
     this trunk, from the same calibration images, with the same quantizers taken out, its files intact). Without
@@ -182,8 +183,8 @@ def int8_graph_here(trunk: Mapping[str, Any], preprocessing: Any, row: Mapping[s
         return "no int8 graph of this model is cached on this machine (`multihead tune-precision MODEL DATA` makes one)"
     if manifest.get("identity") != json.loads(json.dumps(quantized_identity(trunk, preprocessing))):
         return "the cached int8 graph was made for another trunk"
-    if row is not None and (manifest.get("calibration_sha256") != row.get("calibration_sha256") or (
-            sorted(manifest.get("fp32_quantizers") or []) != sorted(row.get("fp32_quantizers") or []))):
+    if row is not None and (manifest.get("calibration_sha256") != row.calibration_sha256 or (
+            sorted(manifest.get("fp32_quantizers") or []) != sorted(row.fp32_quantizers or []))):
         return ("the cached int8 graph is not the one the guard measured (other calibration images or quantizers "
                 "in fp32: run `multihead tune-precision` again)")
     for name, sha in (manifest.get("files") or {}).items():
@@ -206,37 +207,33 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: t
 
 # --- the guard ----------------------------------------------------------------------------------------------
 
-def passes(row: Mapping[str, Any]) -> bool:
+def passes(row: PrecisionRow) -> bool:
     """Whether a guard row allows ``auto`` to take its precision: agreement with fp32 at least
     :data:`MIN_AGREEMENT`, accuracy at most :data:`MAX_ACCURACY_DROP` below fp32's."""
-    agreement, change = row.get("agreement"), row.get("accuracy_change")
-    return (isinstance(agreement, (int, float)) and isinstance(change, (int, float))
-            and agreement >= MIN_AGREEMENT - _EPSILON and change >= -MAX_ACCURACY_DROP - _EPSILON)
+    return row.agreement >= MIN_AGREEMENT - _EPSILON and row.accuracy_change >= -MAX_ACCURACY_DROP - _EPSILON
 
 
-def verdict(row: Mapping[str, Any]) -> str:
+def verdict(row: PrecisionRow) -> str:
     """``"passes"``, or ``"fails: agreement"`` / ``"fails: accuracy"`` / both, naming the rule broken."""
     if passes(row):
         return "passes"
-    agreement, change = row.get("agreement"), row.get("accuracy_change")
-    broken = [name for name, ok in (
-        ("agreement", isinstance(agreement, (int, float)) and agreement >= MIN_AGREEMENT - _EPSILON),
-        ("accuracy", isinstance(change, (int, float)) and change >= -MAX_ACCURACY_DROP - _EPSILON)) if not ok]
+    broken = [name for name, ok in (("agreement", row.agreement >= MIN_AGREEMENT - _EPSILON),
+                                    ("accuracy", row.accuracy_change >= -MAX_ACCURACY_DROP - _EPSILON)) if not ok]
     return "fails: " + ", ".join(broken)
 
 
 def guard_rows(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The guard table as rows (precision, backend, agreement, accuracy change, speed, verdict, notes), fastest
     precision first; empty when the model records no guard."""
-    guard = metadata.get(GUARD_KEY) or {}
+    guard = read_guard(metadata) or PrecisionGuard(precisions={})
     rows = []
-    for precision, row in (guard.get("precisions") or {}).items():
-        removed = row.get("fp32_quantizers") or []
-        rows.append({"precision": precision, "backend": row.get("backend"), "agreement": row.get("agreement"),
-                     "accuracy": row.get("accuracy"), "accuracy_change": row.get("accuracy_change"),
-                     "speed_vs_fp32": row.get("speed_vs_fp32"), "verdict": verdict(row),
+    for precision, row in guard.precisions.items():
+        removed = row.fp32_quantizers or []
+        rows.append({"precision": precision, "backend": row.backend, "agreement": row.agreement,
+                     "accuracy": row.accuracy, "accuracy_change": row.accuracy_change,
+                     "speed_vs_fp32": row.speed_vs_fp32, "verdict": verdict(row),
                      "note": f"mixed precision, {len(removed)} quantizers taken out" if removed else ""})
-    for precision, why in (guard.get("not_measured") or {}).items():
+    for precision, why in (guard.not_measured or {}).items():
         rows.append({"precision": precision, "backend": None, "agreement": None, "accuracy": None,
                      "accuracy_change": None, "speed_vs_fp32": None, "verdict": "not measured", "note": str(why)})
     return sorted(rows, key=lambda r: SPEED_ORDER.index(r["precision"]) if r["precision"] in SPEED_ORDER else 9)
@@ -270,21 +267,21 @@ def choose_precision(metadata: Mapping[str, Any], trunk: Mapping[str, Any], prep
         >>> choose_precision({}, model.trunk.spec(), model.preprocessing).reason  # doctest: +SKIP
         'no accuracy guard recorded (`multihead tune-precision MODEL DATA` measures one)'
     """
-    guard = metadata.get(GUARD_KEY)
     device = str(device)
     if str(device).split(":")[0] != "cpu":
         return Choice("fp32", "auto", f"auto takes reduced precision on the CPU only, this runs on {device}")
-    if not guard or not guard.get("precisions"):
+    guard = read_guard(metadata)
+    if guard is None or not guard.precisions:
         return Choice("fp32", "auto", "no accuracy guard recorded (`multihead tune-precision MODEL DATA` measures one)")
-    rows = guard["precisions"]
+    rows = guard.precisions
     skipped = [f"{p} fails the guard" for p, row in rows.items() if not passes(row)]
     candidates = sorted((p for p, row in rows.items() if passes(row) and p in SPEED_ORDER),
-                        key=lambda p: (-(rows[p].get("speed_vs_fp32") or 0), SPEED_ORDER.index(p)))
+                        key=lambda p: (-(rows[p].speed_vs_fp32 or 0), SPEED_ORDER.index(p)))
     for precision in candidates:
         row = rows[precision]
-        where = row.get("backend") or "torch"
-        speed = row.get("speed_vs_fp32")
-        if isinstance(speed, (int, float)) and speed <= 1.0:
+        where = row.backend or "torch"
+        speed = row.speed_vs_fp32
+        if speed is not None and speed <= 1.0:
             skipped.append(f"{precision} ran no faster than fp32 (x{speed:.2f}) when measured")
         elif backend != "auto" and where != backend:
             skipped.append(f"{precision} was measured on {where}, not {backend}")
@@ -303,6 +300,5 @@ def choose_precision(metadata: Mapping[str, Any], trunk: Mapping[str, Any], prep
     return Choice("fp32", "auto", "; ".join(skipped))
 
 
-def _agreement(row: Mapping[str, Any]) -> str:
-    return (f"{row['agreement']:.2%} of validation subtypes as fp32, accuracy {row['accuracy_change'] * 100:+.2f} "
-            "points")
+def _agreement(row: PrecisionRow) -> str:
+    return f"{row.agreement:.2%} of validation subtypes as fp32, accuracy {row.accuracy_change * 100:+.2f} points"

@@ -24,7 +24,8 @@ from .metadata import MetadataError, _kind, _name, printable
 
 __all__ = ["GUARD_PRECISIONS", "Calibration", "Coverage", "DataSource", "EpochRecord", "ModelMetadata", "OodFit",
            "PrecisionGuard", "PrecisionReference", "PrecisionRow", "Selective", "SelectiveRules", "SplitMetrics",
-           "TestReport", "TrainingRecord", "Trust", "check_metadata", "read_metadata", "read_record", "to_dict"]
+           "TestReport", "TrainingRecord", "Trust", "check_metadata", "read_guard", "read_metadata", "read_record",
+           "to_dict"]
 
 Record = TypeVar("Record")
 _COUNT_LIMIT = 2**62
@@ -395,3 +396,16 @@ def read_metadata(value: Any) -> ModelMetadata:
         {'train': 4534}
     """
     return typing.cast(ModelMetadata, read_record(ModelMetadata, value, "metadata"))
+
+
+def read_guard(metadata: Mapping[str, Any]) -> PrecisionGuard | None:
+    """Only the precision guard of a model's ``metadata`` (what ``precision="auto"`` reads on every call), typed;
+    None when it has none.
+
+    Example:
+        >>> read_guard({}) is None
+        True
+    """
+    value = metadata.get("precision_guard")
+    return None if value is None else read_record(PrecisionGuard, value, "metadata.precision_guard")
+
