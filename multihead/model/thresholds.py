@@ -186,9 +186,9 @@ class AbstentionThresholds(nn.Module):
         certify = images_to_certify(target_accuracy, confidence_level) if confidence_level is not None else 0
 
         def choose(given: float | None, confidence: np.ndarray, correct: np.ndarray,
-                   small: str = "strict") -> tuple[float, str, float]:
+                   small: str = "strict") -> tuple[float, str, float | None]:
             if given is not None:
-                return given, "given", target_accuracy
+                return given, "given", None  # nothing aimed at
             if confidence_level is not None and len(confidence) >= certify:
                 bound = _lowest_reaching(confidence, correct, target_accuracy, confidence_level)
                 if bound is not None:
