@@ -600,3 +600,20 @@ def test_a_tampered_map_shard_is_rebuilt(tmp_path, sample_dir, tamper, caplog):
     maps_again, pooled_again = again.cache.gather(again.locations)
     torch.testing.assert_close(maps_again, maps)
     torch.testing.assert_close(pooled_again, pooled)
+
+
+# --- the reader of stdout leaves early ------------------------------------------------------------------------------
+
+def test_a_reader_that_leaves_early_ends_classify_quietly(tiny_model, real_images, tmp_path):
+    """`multihead classify ... --json | head` printed "error: [Errno 32] Broken pipe" and exited 1: the pipe closing
+    is no error of the user's. Now nothing is printed and the exit status is 141 (128 + SIGPIPE), as for cat."""
+    path = tmp_path / "tiny.safetensors"
+    multihead.save(tiny_model, path)
+    files = [str(real_images[0])] * 300  # about 300 KB of JSON lines: more than a pipe holds, so writing blocks
+    process = subprocess.Popen([sys.executable, "-m", "multihead", "classify", *files, "--model", str(path), "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.read(10) == b'{"source":'
+    process.stdout.close()  # the reader leaves
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, stderr
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr and "error" not in stderr

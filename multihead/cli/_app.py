@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any, TypeVar
@@ -23,6 +25,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout left (``multihead classify ... --json | head``): 128 + SIGPIPE, what ``cat`` ends with."""
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 ModelOption = Annotated[
@@ -84,6 +88,9 @@ def _library_errors(func: _F) -> _F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.BadParameter):  # exits and usage errors: as they are
             raise
+        except BrokenPipeError:  # nobody reads stdout any more: nothing to say, and nobody to say it to
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except Exception as err:
             if _debugging():
                 raise
@@ -96,6 +103,17 @@ def _library_errors(func: _F) -> _F:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not hit the closed pipe again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test runner's buffer): nothing to flush into a pipe
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _json_line(record: dict[str, Any]) -> str:
