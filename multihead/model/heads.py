@@ -248,8 +248,7 @@ def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = 
             (see :func:`~multihead.model.trunk.create_trunk`); ignored when ``trunk`` is already built.
         image_size: input side in pixels, overriding the trunk's default.
         preprocessing: full preprocessing, overriding the trunk's default (and ``image_size``).
-        seed: seed of every random draw of the build (the heads' initialisation, a random trunk's weights), so
-            that one seed builds one model; the global random state is left as it was.
+        seed: seed for the heads' initialisation.
 
     Example:
         >>> model = create_model("resnet18", trunk_weights=None)
@@ -258,18 +257,6 @@ def create_model(trunk: str | Trunk = "resnet18", trunk_weights: TrunkWeights = 
     """
     if not isinstance(taxonomy, Taxonomy):
         raise TypeError(f"taxonomy must be a multihead.Taxonomy, got {type(taxonomy).__name__}")
-    if seed is None:
-        return _build_model(trunk, trunk_weights, taxonomy, trunk_stages, image_size, preprocessing)
-    with torch.random.fork_rng(devices=[]):  # the seed decides every random draw of the build, and only those
-        torch.manual_seed(seed)
-        model = _build_model(trunk, trunk_weights, taxonomy, trunk_stages, image_size, preprocessing)
-        model.reset_heads(seed)
-    return model
-
-
-def _build_model(trunk: str | Trunk, trunk_weights: TrunkWeights, taxonomy: Taxonomy,
-                 trunk_stages: Sequence[str] | str, image_size: int | None,
-                 preprocessing: Preprocessing | None) -> MultiHeadModel:
     if not isinstance(trunk, Trunk):
         trunk = create_trunk(trunk, weights=trunk_weights, stages=trunk_stages)
     size = preprocessing.image_size if preprocessing is not None else image_size
@@ -278,4 +265,7 @@ def _build_model(trunk: str | Trunk, trunk_weights: TrunkWeights, taxonomy: Taxo
                          f"position embeddings are fixed), not {size}: leave image_size unset (None) to use its own")
     if preprocessing is None:
         preprocessing = trunk.preprocessing if image_size is None else trunk.preprocessing.with_size(image_size)
-    return MultiHeadModel(trunk, taxonomy, preprocessing=preprocessing)
+    model = MultiHeadModel(trunk, taxonomy, preprocessing=preprocessing)
+    if seed is not None:
+        model.reset_heads(seed)
+    return model
