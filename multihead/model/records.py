@@ -53,15 +53,11 @@ def _sha256(value: str, where: str) -> None:
         raise MetadataError(f"'{where}' must be 64 hexadecimal digits (a sha256)")
 
 
-def _is_name(value: str, where: str) -> None:
-    _name(value, where)
-
-
 Fraction = Annotated[float, _fraction]
 Change = Annotated[float, _change]
 Positive = Annotated[float, _positive]
 Sha256 = Annotated[str, _sha256]
-Name = Annotated[str, _is_name]
+Name = Annotated[str, _name]
 
 
 # --- the records -----------------------------------------------------------------------------------------------
